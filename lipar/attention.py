@@ -1,0 +1,103 @@
+"""The one attention entry point: flash-attn when importable, PyTorch SDPA otherwise.
+
+All tensors are ``[B, L, H, D]``. A per-key additive score bias ``key_bias [B, Lk]``
+(or ``[Lk]``) carries attention recovery's log-multiplicities and masks padding keys
+(-inf). It is never a per-pair matrix: kernels either take it as a broadcast bias
+(SDPA) or fold it into one extra query/key channel ("fold"), which keeps any
+FlashAttention-style kernel usable.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lipar.errors import LiparError
+
+BACKENDS = ("auto", "sdpa", "flash_attn")
+BIAS_MODES = ("auto", "mask", "fold")
+_NEG = -30000.0  # large enough that exp() underflows to 0, small enough for bf16 keys
+
+
+@functools.lru_cache(maxsize=1)
+def _flash_attn_func():
+    try:
+        from flash_attn import flash_attn_func  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def flash_attn_available() -> bool:
+    return _flash_attn_func() is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise LiparError(f"Unknown attention backend {backend!r}; choose one of {list(BACKENDS)}.")
+    if backend == "flash_attn":
+        if not flash_attn_available():
+            raise LiparError("Attention backend 'flash_attn' was asked for but the flash_attn package is not "
+                             "installed; install flash-attn or choose 'auto'/'sdpa'.")
+        if device.type != "cuda":
+            raise LiparError("Attention backend 'flash_attn' needs a CUDA device; choose 'auto' or 'sdpa'.")
+        return "flash_attn"
+    if backend == "auto":
+        return "flash_attn" if device.type == "cuda" and flash_attn_available() else "sdpa"
+    return backend
+
+
+def fold_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor):
+    """Fold a per-key bias into an extra channel: q' = [q, 1], k' = [k, bias * sqrt(D)].
+
+    Then ``q'.k' / sqrt(D) = q.k / sqrt(D) + bias`` exactly (up to the key dtype's
+    rounding of the bias). Channels are zero-padded to a multiple of 8 for the kernels;
+    the returned scale is the original 1/sqrt(D). v is padded to the same width.
+    """
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    dp = (d + 1 + 7) // 8 * 8
+    qp = q.new_zeros(b, lq, h, dp)
+    qp[..., :d] = q
+    qp[..., d] = 1.0
+    kp = k.new_zeros(b, lk, h, dp)
+    kp[..., :d] = k
+    bias = key_bias.clamp(min=_NEG) * math.sqrt(d)
+    kp[..., d] = (bias.view(-1, lk, 1) if bias.ndim == 2 else bias.view(1, lk, 1)).to(k.dtype)
+    vp = v.new_zeros(b, lk, h, dp)
+    vp[..., :d] = v
+    return qp, kp, vp, 1.0 / math.sqrt(d)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_bias: torch.Tensor | None = None,
+              backend: str = "sdpa", bias_mode: str = "auto") -> torch.Tensor:
+    """Softmax attention ``[B, Lq, H, D] x [B, Lk, H, D] -> [B, Lq, H, D]`` (no causal mask).
+
+    key_bias: optional ``[B, Lk]`` or ``[Lk]`` float added to every query's score of a key.
+    backend: an already-resolved backend ("sdpa" or "flash_attn").
+    bias_mode: "mask" passes the bias to SDPA as a broadcast mask; "fold" uses
+    ``fold_key_bias``; "auto" = "fold" for flash_attn, "mask" for SDPA.
+    """
+    d = q.shape[-1]
+    scale = 1.0 / math.sqrt(d)
+    if key_bias is None:
+        return _kernel(q, k, v, scale, backend)
+    mode = bias_mode if bias_mode != "auto" else ("fold" if backend == "flash_attn" else "mask")
+    if mode == "fold":
+        qp, kp, vp, scale = fold_key_bias(q, k, v, key_bias)
+        return _kernel(qp, kp, vp, scale, backend)[..., :d]
+    mask = key_bias.to(q.dtype)
+    mask = mask.view(-1, 1, 1, k.shape[1]) if mask.ndim == 2 else mask.view(1, 1, 1, -1)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask, scale=scale)
+    return out.transpose(1, 2)
+
+
+def _kernel(q, k, v, scale: float, backend: str) -> torch.Tensor:
+    if backend == "flash_attn":
+        return _flash_attn_func()(q, k, v, softmax_scale=scale)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+    return out.transpose(1, 2)

@@ -1,0 +1,203 @@
+"""Chunk-wise causal forward of a Wan2.1 DiT with a KV cache (Self-Forcing style).
+
+``CausalWan`` drives any module tree with Wan's parameter names (lipar's ``WanDiT`` or
+ComfyUI's ``WanModel``): it calls the submodules (``block.self_attn.q`` ...) and never
+patches or mutates them, so an interrupted run leaves the model as it was.
+
+One chunk pass takes the chunk's latent ``[B, 16, F, H, W]`` and timesteps ``[B, F]``
+(or ``[B, 1]`` when all frames share one), computes only the kept tokens of its
+``ChunkLayout``, attends to the cache (earlier chunks) plus itself (block-causal), and
+returns the flow prediction ``[B, 16, F, H, W]`` (zeros at pruned positions).
+
+Every pass writes its keys/values into the cache slots ``[L_c, L_c + N_k)`` of its
+chunk; later chunks' layouts start after them, so whatever pass ran last for a chunk
+(the clean cache-update pass at timestep 0) is what later chunks see.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lipar.attention import attention, resolve_backend
+from lipar.config import WanConfig, infer_config
+from lipar.errors import LiparError
+from lipar.recovery import ChunkLayout
+from lipar.rope import apply_rope
+
+WAN_PARAMETERS = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
+                  "time_projection.1.weight", "blocks.0.self_attn.q.weight", "blocks.0.cross_attn.k.weight",
+                  "blocks.0.ffn.0.weight", "blocks.0.modulation", "head.head.weight", "head.modulation")
+
+
+def check_wan_module(module: object) -> WanConfig:
+    """Return the config of a Wan2.1 DiT module tree, or raise naming what was passed."""
+    if not isinstance(module, nn.Module):
+        raise LiparError(f"Expected a Wan2.1 diffusion model, got {type(module).__name__}.")
+    params = dict(module.named_parameters())
+    missing = [p for p in WAN_PARAMETERS if p not in params]
+    if missing:
+        raise LiparError(
+            f"The connected model ({type(module).__name__}) is not a Wan2.1 text-to-video DiT: it lacks "
+            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}. Load a Self-Forcing or "
+            "Wan2.1-T2V-1.3B diffusion model.")
+    if "img_emb.proj.0.weight" in params or params["patch_embedding.weight"].shape[1] != 16:
+        raise LiparError(f"The connected model ({type(module).__name__}) is a Wan image-to-video or "
+                         "control variant; LIPAR's causal sampler needs a text-to-video model (Self-Forcing).")
+    cfg = infer_config(params)
+    text_len = getattr(module, "text_len", None) or getattr(getattr(module, "config", None), "text_len", None)
+    if text_len:
+        cfg = WanConfig(**{**cfg.__dict__, "text_len": int(text_len)})
+    return cfg
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding: [N] -> [N, dim] = [cos, sin] of t * 10000^(-i/half) (float64)."""
+    half = dim // 2
+    pos = t.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    s = torch.outer(pos, freqs)
+    return torch.cat([torch.cos(s), torch.sin(s)], dim=1)
+
+
+class CausalWan:
+    """Chunk-by-chunk Wan forward with a preallocated KV cache.
+
+    module: a Wan module tree (already on ``device``, any dtype ComfyUI or lipar uses).
+    dtype: compute dtype of activations and the KV cache.
+    """
+
+    def __init__(self, module: nn.Module, *, device: torch.device | str, dtype: torch.dtype,
+                 backend: str = "auto", bias_mode: str = "auto"):
+        self.cfg = check_wan_module(module)
+        self.module = module
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.backend = resolve_backend(backend, self.device)
+        self.bias_mode = bias_mode
+        self.text_k: torch.Tensor | None = None   # [layers, B, Ltext, H, D]
+        self.text_v: torch.Tensor | None = None
+        self.cache_k: torch.Tensor | None = None  # [layers, B, capacity, H, D]
+        self.cache_v: torch.Tensor | None = None
+        self._mods = [b.modulation for b in module.blocks]
+        self._head_mod = module.head.modulation
+
+    # ---- per-run setup -----------------------------------------------------------
+    def encode_text(self, context: torch.Tensor) -> None:
+        """Cross-attention keys/values of the text, once per run.
+
+        context: [B, L <= text_len, text_dim] umt5 embedding; zero-padded to text_len.
+        """
+        cfg = self.cfg
+        b, l, d = context.shape
+        if d != cfg.text_dim:
+            raise LiparError(f"The text embedding has width {d}; this Wan model expects {cfg.text_dim} "
+                             "(umt5-xxl). Encode the prompt with the umt5-xxl text encoder (CLIP type 'wan').")
+        if l > cfg.text_len:
+            raise LiparError(f"The text embedding has {l} tokens; Wan takes at most {cfg.text_len}.")
+        ctx = torch.zeros(b, cfg.text_len, d, device=self.device, dtype=self.dtype)
+        ctx[:, :l] = context.to(self.device, self.dtype)
+        ctx = self.module.text_embedding(ctx)
+        h, hd = cfg.num_heads, cfg.head_dim
+        ks, vs = [], []
+        for blk in self.module.blocks:
+            ca = blk.cross_attn
+            ks.append(ca.norm_k(ca.k(ctx)).view(b, -1, h, hd))
+            vs.append(ca.v(ctx).view(b, -1, h, hd))
+        self.text_k, self.text_v = torch.stack(ks), torch.stack(vs)
+
+    def allocate_cache(self, batch: int, capacity: int) -> None:
+        cfg = self.cfg
+        shape = (cfg.num_layers, batch, capacity, cfg.num_heads, cfg.head_dim)
+        self.cache_k = torch.empty(shape, device=self.device, dtype=self.dtype)
+        self.cache_v = torch.empty(shape, device=self.device, dtype=self.dtype)
+
+    def release(self) -> None:
+        self.text_k = self.text_v = self.cache_k = self.cache_v = None
+
+    # ---- one pass ----------------------------------------------------------------
+    def time_embeddings(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """timestep [B, F] -> (e [B, F, dim], e0 [B, F, 6, dim]) in the compute dtype."""
+        b, f = timestep.shape
+        m = self.module
+        sin = sinusoidal_embedding(self.cfg.freq_dim, timestep.flatten()).to(self.dtype)
+        e = m.time_embedding(sin)
+        e0 = m.time_projection(e).view(b, f, 6, self.cfg.dim)
+        return e.view(b, f, self.cfg.dim), e0
+
+    def forward_chunk(self, latent: torch.Tensor, timestep: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+        """Flow prediction for one chunk. latent [B, 16, F, H, W], timestep [B, F] or [B, 1]."""
+        m, cfg = self.module, self.cfg
+        b = latent.shape[0]
+        x = m.patch_embedding(latent.to(self.dtype))            # [B, dim, F, Hp, Wp]
+        x = x.flatten(2).transpose(1, 2)                         # [B, F*Hp*Wp, dim]
+        if layout.kept_idx is not None:
+            x = x[:, layout.kept_idx]
+        e, e0 = self.time_embeddings(timestep)                   # [B, 1|F, dim], [B, 1|F, 6, dim]
+        if timestep.shape[1] > 1:                                # per-frame timesteps -> per token
+            e, e0 = e[:, layout.token_frame], e0[:, layout.token_frame]
+        for i, blk in enumerate(m.blocks):
+            x = self._block(i, blk, x, e0, layout)
+        head = m.head
+        hm = (self._head_mod.to(self.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # 2 x [B, *, dim]
+        out = head.head(head.norm(x) * (1 + hm[1]) + hm[0])     # [B, Nk, 64]
+        return self._unpatchify(out, layout, b)
+
+    def _block(self, i: int, blk: nn.Module, x: torch.Tensor, e0: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
+        cfg = self.cfg
+        b, n, _ = x.shape
+        h, hd = cfg.num_heads, cfg.head_dim
+        mod = (self._mods[i].to(self.dtype).unsqueeze(0) + e0).unbind(2)  # 6 x [B, 1|Nk, dim]
+        sa = blk.self_attn
+        y = blk.norm1(x) * (1 + mod[1]) + mod[0]
+        q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), lay.cos, lay.sin)
+        k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), lay.cos, lay.sin)
+        v = sa.v(y).view(b, n, h, hd)
+        kb, vb = self.cache_k[i], self.cache_v[i]
+        c0, c1 = lay.cache_len, lay.cache_len + n
+        kb[:, c0:c1] = k
+        vb[:, c0:c1] = v
+        if lay.dup_src is not None and lay.num_dups:
+            kb[:, c1:lay.key_len] = apply_rope(kb[:, lay.dup_src], lay.dup_cos, lay.dup_sin)
+            vb[:, c1:lay.key_len] = vb[:, lay.dup_src]
+        a = attention(q, kb[:, :lay.key_len], vb[:, :lay.key_len], key_bias=lay.key_bias,
+                      backend=self.backend, bias_mode=self.bias_mode)
+        x = x + sa.o(a.flatten(2)) * mod[2]
+        ca = blk.cross_attn
+        qc = ca.norm_q(ca.q(blk.norm3(x))).view(b, n, h, hd)
+        x = x + ca.o(attention(qc, self.text_k[i], self.text_v[i], backend=self.backend).flatten(2))
+        y = blk.norm2(x) * (1 + mod[4]) + mod[3]
+        return x + blk.ffn(y) * mod[5]
+
+    def _unpatchify(self, out: torch.Tensor, lay: ChunkLayout, b: int) -> torch.Tensor:
+        """[B, Nk, 4*C] token predictions -> [B, C, F, H, W] (zeros at pruned positions)."""
+        hp, wp = lay.grid
+        c = self.cfg.out_dim
+        if lay.kept_idx is not None:
+            full = out.new_zeros(b, lay.tokens, out.shape[-1])
+            full[:, lay.kept_idx] = out
+            out = full
+        # token features are laid out (pt=1, ph=2, pw=2, c) as in Wan's head
+        x = out.view(b, lay.frames, hp, wp, 2, 2, c)
+        return x.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, lay.frames, hp * 2, wp * 2)
+
+
+def forward_once(module: nn.Module, latent: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, *,
+                 dtype: torch.dtype | None = None, backend: str = "sdpa") -> torch.Tensor:
+    """Plain (non-causal) forward of a whole latent as one chunk with no cache.
+
+    latent [B, 16, F, H, W], timestep [B] or [B, F], context [B, L, text_dim] -> flow [B, 16, F, H, W].
+    """
+    from lipar.recovery import build_layouts
+
+    device = latent.device
+    runner = CausalWan(module, device=device, dtype=dtype or latent.dtype, backend=backend)
+    b, _, f, h, w = latent.shape
+    (lay,) = build_layouts(latent.shape, runner.cfg, f, device=device)
+    runner.allocate_cache(b, lay.key_len)
+    runner.encode_text(context)
+    ts = timestep.view(b, -1).to(device)
+    try:
+        return runner.forward_chunk(latent, ts, lay)
+    finally:
+        runner.release()

@@ -1,0 +1,146 @@
+"""Per-chunk token layouts: which tokens a chunk pass computes, and attention recovery.
+
+For chunk ``c`` the attention keys live in one buffer per layer (see ``lipar.causal``):
+
+    [ kept tokens of earlier chunks (L_c) | kept tokens of this chunk (N_k) | duplicates (N_d) ]
+
+Every pruned token visible to the chunk (all pruned tokens of earlier chunks and of
+this chunk) needs a stand-in key/value so the softmax sees the full sequence
+(paper Eq. 3-4). Its stand-in is a kept token at the same (y, x):
+
+* earlier chunks: the pruned token's *source* (latest kept frame before it); its clean
+  key/value is in the cache (written by the clean cache-update pass).
+* this chunk, ``m_degree``: the source too, which may be a *noisy* token of this chunk.
+* this chunk, ``noise_aware``: the *anchor*, the latest kept token of an earlier chunk,
+  whose key/value is clean (paper 2.4.1). The plan only prunes tokens that have one.
+
+Two forms of the same recovery, both FlashAttention-compatible (they change keys, or
+add one per-key score term; no per-pair matrices):
+
+* ``exact``: duplicates are materialised: the stand-in's RoPE'd key is rotated along
+  the frame axis by (t_pruned - t_standin), which places it at the pruned token's own
+  position (RoPE rotations compose), and its value is copied. With exactly duplicated
+  tokens this reproduces full attention exactly (Eq. 4).
+* ``compressed``: no duplicates; each key gets a score bias ``log(1 + m)`` where ``m``
+  counts the pruned tokens it stands for. Exact when the frame rotation of the
+  duplicates does not matter; the key length stays at the kept count.
+
+Mode ``none`` is naive pruning: kept keys only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lipar.config import WanConfig
+from lipar.errors import LiparError
+from lipar.plan import PruningPlan
+from lipar.rope import cos_sin, frame_shift_angles, rope_angles, token_positions
+
+RECOVERY_MODES = ("none", "m_degree", "noise_aware")
+RECOVERY_FORMS = ("exact", "compressed")
+
+
+def check_recovery(mode: str, form: str) -> None:
+    if mode not in RECOVERY_MODES:
+        raise LiparError(f"Unknown recovery mode {mode!r}; choose one of {list(RECOVERY_MODES)}.")
+    if form not in RECOVERY_FORMS:
+        raise LiparError(f"Unknown recovery form {form!r}; choose one of {list(RECOVERY_FORMS)}.")
+
+
+@dataclass
+class ChunkLayout:
+    """What one chunk pass computes. Shapes: Nk kept tokens, Nd duplicates, D head dim."""
+
+    index: int
+    frame_start: int
+    frames: int
+    grid: tuple[int, int]                 # (Hp, Wp) tokens per frame
+    cache_len: int                        # L_c: kept tokens of earlier chunks in the cache
+    num_kept: int                         # Nk
+    kept_idx: torch.Tensor | None         # [Nk] flat index into the chunk's F*Hp*Wp grid; None = all
+    token_frame: torch.Tensor             # [Nk] local frame of each kept token
+    cos: torch.Tensor                     # [Nk, D/2] RoPE of kept tokens (float32)
+    sin: torch.Tensor
+    dup_src: torch.Tensor | None = None   # [Nd] key-buffer index of each duplicate's stand-in
+    dup_cos: torch.Tensor | None = None   # [Nd, D/2] frame-axis rotation of the duplicate
+    dup_sin: torch.Tensor | None = None
+    key_bias: torch.Tensor | None = None  # [L_c + Nk] log-multiplicity per key (compressed form)
+
+    @property
+    def num_dups(self) -> int:
+        return 0 if self.dup_src is None else int(self.dup_src.numel())
+
+    @property
+    def key_len(self) -> int:
+        return self.cache_len + self.num_kept + self.num_dups
+
+    @property
+    def tokens(self) -> int:
+        return self.frames * self.grid[0] * self.grid[1]
+
+
+def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: int, *,
+                  plan: PruningPlan | None = None, mode: str = "noise_aware", form: str = "exact",
+                  device: torch.device | str = "cpu") -> list[ChunkLayout]:
+    """Layouts of all chunks of one sample (``plan`` must hold one sample, or be None).
+
+    All index work runs on ``device``; the only host reads are the per-chunk counts,
+    made once here before sampling starts.
+    """
+    check_recovery(mode, form)
+    _, _, t, h, w = latent_shape
+    hp, wp = h // 2, w // 2
+    hw = hp * wp
+    device = torch.device(device)
+    n_chunks = t // chunk_frames
+    pos_all = token_positions(t, hp, wp, device=device)       # [T*HW, 3]
+    layouts: list[ChunkLayout] = []
+    if plan is None:
+        n = chunk_frames * hw
+        local_frame = torch.arange(chunk_frames, device=device).repeat_interleave(hw)
+        for c in range(n_chunks):
+            pos = pos_all[c * n:(c + 1) * n]
+            cos, sin = cos_sin(rope_angles(pos, cfg))
+            layouts.append(ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), c * n, n, None,
+                                       local_frame, cos, sin))
+        return layouts
+
+    if plan.batch != 1:
+        raise LiparError("build_layouts takes a one-sample plan; use plan.select(i).")
+    plan.check_fits(tuple(latent_shape), chunk_frames)
+    keep = plan.keep[0].to(device).flatten()                   # [T*HW]
+    src = plan.source_frame[0].to(device).flatten()
+    anc = plan.anchor_frame[0].to(device).flatten()
+    cache_pos = torch.cumsum(keep.long(), 0) - 1               # key-buffer slot of each kept token
+    yx = torch.arange(t * hw, device=device) % hw
+    frame_of = torch.arange(t * hw, device=device) // hw
+    counts = keep.view(n_chunks, -1).sum(1).tolist()           # one host read, before sampling
+    offsets = [0]
+    for k in counts:
+        offsets.append(offsets[-1] + k)
+    for c in range(n_chunks):
+        g0, g1 = c * chunk_frames * hw, (c + 1) * chunk_frames * hw
+        kept_idx = torch.nonzero(keep[g0:g1]).squeeze(1)
+        pos = pos_all[g0:g1][kept_idx]
+        cos, sin = cos_sin(rope_angles(pos, cfg))
+        lay = ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), offsets[c], counts[c], kept_idx,
+                          kept_idx // hw, cos, sin)
+        if mode != "none":
+            pruned = torch.nonzero(~keep[:g1]).squeeze(1)        # all pruned tokens visible to chunk c
+            in_chunk = pruned >= g0
+            stand_frame = src[pruned]
+            if mode == "noise_aware":
+                stand_frame = torch.where(in_chunk, anc[pruned], stand_frame)
+            stand_pos = cache_pos[stand_frame * hw + yx[pruned]]
+            delta = frame_of[pruned] - stand_frame
+            if form == "exact":
+                lay.dup_src = stand_pos
+                lay.dup_cos, lay.dup_sin = cos_sin(frame_shift_angles(delta, cfg))
+            else:
+                m = torch.bincount(stand_pos, minlength=offsets[c + 1])
+                lay.key_bias = torch.log1p(m.float())
+        layouts.append(lay)
+    return layouts

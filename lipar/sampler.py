@@ -1,0 +1,190 @@
+"""Self-Forcing chunk-wise sampling, with or without a LIPAR pruning plan.
+
+Per chunk of ``chunk_frames`` latent frames: start from noise (generation) or from the
+source latent noised to the first step (SDEdit editing); for each step predict the
+flow, take ``x0 = x_t - s v`` and re-noise to the next step with fresh noise; then run
+one clean pass at timestep 0 over ``x0`` whose keys/values become the chunk's KV cache
+(skipped after the last chunk, where nothing reads it).
+
+Without a plan every token is computed: this is the unpruned baseline. With a plan only
+kept tokens are computed; the returned latent holds zeros at pruned positions until
+``lipar.restore.restore_latent`` fills them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lipar.causal import CausalWan
+from lipar.errors import LiparError
+from lipar.plan import PruningPlan
+from lipar.recovery import build_layouts, check_recovery
+from lipar.schedule import EDITING_STEPS, GENERATION_STEPS, check_shift, parse_steps, sigmas
+from lipar.validate import check_latent
+
+MODES = ("edit", "generate")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    mode: str = "edit"                     # "edit": SDEdit from the source latent; "generate": from noise
+    steps: tuple[int, ...] | None = None   # None: (400, 350, 250) for edit, (1000, 750, 500, 250) for generate
+    shift: float = 5.0
+    chunk_frames: int = 3
+    seed: int = 0
+    recovery: str = "noise_aware"          # none | m_degree | noise_aware
+    recovery_form: str = "exact"           # exact (materialised duplicates) | compressed (log-multiplicity)
+    backend: str = "auto"                  # auto | sdpa | flash_attn
+    bias_mode: str = "auto"                # how a per-key bias reaches the kernel: auto | mask | fold
+    dtype: torch.dtype | None = None       # compute dtype; None: bfloat16 on CUDA, float32 elsewhere
+    cache_last_chunk: bool = False         # run the (unused) cache-update pass after the last chunk too
+
+    def resolved_steps(self) -> tuple[int, ...]:
+        if self.steps is None:
+            return EDITING_STEPS if self.mode == "edit" else GENERATION_STEPS
+        return parse_steps(self.steps)
+
+    def validate(self) -> "SamplerConfig":
+        if self.mode not in MODES:
+            raise LiparError(f"Unknown sampling mode {self.mode!r}; choose 'edit' or 'generate'.")
+        self.resolved_steps()
+        check_shift(self.shift)
+        if not (1 <= self.chunk_frames <= 64):
+            raise LiparError(f"chunk_frames must be within [1, 64]; got {self.chunk_frames}. Self-Forcing uses 3.")
+        check_recovery(self.recovery, self.recovery_form)
+        return self
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """Where sampling is, handed to ``on_pass`` before each transformer pass."""
+
+    sample: int
+    chunk: int
+    num_chunks: int
+    step: int           # 0..len(steps)-1 for denoising, len(steps) for the cache-update pass
+    num_steps: int
+    done: int           # passes finished so far (all samples)
+    total: int          # passes in the whole run
+
+
+@dataclass
+class SampleResult:
+    latent: torch.Tensor                  # [B, 16, T, H, W]; zeros at pruned positions
+    seconds: float                        # wall time of sampling (device synchronised)
+    passes: int
+    tokens_computed: int                  # sum over passes of query tokens through the transformer
+    tokens_full: int                      # the same for an unpruned run
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _check_context(context: torch.Tensor, batch: int) -> torch.Tensor:
+    if not isinstance(context, torch.Tensor) or context.ndim != 3:
+        shape = list(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+        raise LiparError(f"The text conditioning must be a [B, L, 4096] umt5 embedding; got {shape}.")
+    if context.shape[0] not in (1, batch):
+        raise LiparError(f"The text conditioning has batch {context.shape[0]} but the latent has {batch}.")
+    if context.shape[1] == 0:
+        raise LiparError("The text conditioning is empty (0 tokens).")
+    if not bool(torch.isfinite(context).all()):
+        raise LiparError("The text conditioning contains NaN or Inf values.")
+    return context
+
+
+def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
+           plan: PruningPlan | None = None, config: SamplerConfig | None = None,
+           device: torch.device | str | None = None,
+           on_pass: Callable[[PassInfo], None] | None = None) -> SampleResult:
+    """Run Self-Forcing sampling over a whole video latent.
+
+    module:  a Wan2.1 DiT module tree (lipar ``WanDiT`` or ComfyUI ``WanModel``) on ``device``.
+    context: [1 or B, L <= 512, 4096] text embedding.
+    latent:  [B, 16, T, H, W] source latent (edit) or a latent of the output's shape (generate).
+    plan:    optional pruning plan for this latent (see ``lipar.plan.build_plan``).
+    on_pass: called before every transformer pass; raising from it cancels cleanly.
+    """
+    config = (config or SamplerConfig()).validate()
+    check_latent(latent, chunk_frames=config.chunk_frames, what="latent")
+    b, c, t, h, w = latent.shape
+    context = _check_context(context, b)
+    if device is None:
+        device = next(module.parameters()).device
+    device = torch.device(device)
+    dtype = config.dtype or default_dtype(device)
+    if plan is not None:
+        plan.check_fits(tuple(latent.shape), config.chunk_frames)
+    runner = CausalWan(module, device=device, dtype=dtype, backend=config.backend, bias_mode=config.bias_mode)
+    if runner.cfg.in_dim != c:
+        raise LiparError(f"The latent has {c} channels but the model takes {runner.cfg.in_dim}.")
+
+    steps = config.resolved_steps()
+    sig = sigmas(steps, config.shift)
+    cf = config.chunk_frames
+    n_chunks = t // cf
+    cache_passes = n_chunks if config.cache_last_chunk else n_chunks - 1
+    total = b * (n_chunks * len(steps) + cache_passes)
+    # All noise up front from a seeded CPU generator: the same seed gives the same video on any device.
+    gen = torch.Generator().manual_seed(int(config.seed))
+    noise = torch.randn((len(steps), b, c, t, h, w), generator=gen).to(device, torch.float32)
+    src = latent.to(device, torch.float32)
+    out = torch.zeros_like(src)
+    tokens_computed = 0
+    done = 0
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    try:
+        for bi in range(b):
+            sample_plan = plan.select(bi) if plan is not None else None
+            layouts = build_layouts(latent.shape, runner.cfg, cf, plan=sample_plan, mode=config.recovery,
+                                    form=config.recovery_form, device=device)
+            runner.allocate_cache(1, max(lay.key_len for lay in layouts))
+            runner.encode_text(context[bi:bi + 1] if context.shape[0] == b else context)
+            for lay in layouts:
+                sl = slice(lay.frame_start, lay.frame_start + lay.frames)
+                x = noise[0, bi:bi + 1, :, sl]
+                if config.mode == "edit":
+                    x = (1.0 - sig[0]) * src[bi:bi + 1, :, sl] + sig[0] * x
+                x0 = x
+                for i, s in enumerate(sig):
+                    if on_pass is not None:
+                        on_pass(PassInfo(bi, lay.index, n_chunks, i, len(steps), done, total))
+                    tt = torch.full((1, 1), s * 1000.0, device=device)
+                    v = runner.forward_chunk(x, tt, lay).float()
+                    x0 = x - s * v
+                    if i + 1 < len(sig):
+                        x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * noise[i + 1, bi:bi + 1, :, sl]
+                    done += 1
+                    tokens_computed += lay.num_kept
+                out[bi:bi + 1, :, sl] = x0
+                if lay.index < cache_passes:
+                    if on_pass is not None:
+                        on_pass(PassInfo(bi, lay.index, n_chunks, len(steps), len(steps), done, total))
+                    runner.forward_chunk(x0, torch.zeros((1, 1), device=device), lay)
+                    done += 1
+                    tokens_computed += lay.num_kept
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        runner.release()
+    seconds = time.perf_counter() - start
+    if plan is not None:
+        keep_px = plan.keep.to(device).repeat_interleave(2, 2).repeat_interleave(2, 3).unsqueeze(1)
+        out = torch.where(keep_px, out, torch.zeros_like(out))
+    tokens_full = total * cf * (h // 2) * (w // 2)
+    info = {"steps": list(steps), "sigmas": sig, "chunks": n_chunks, "dtype": str(dtype).replace("torch.", ""),
+            "backend": runner.backend, "recovery": config.recovery if plan is not None else "unpruned",
+            "recovery_form": config.recovery_form}
+    if plan is not None:
+        info.update(plan.stats())
+    return SampleResult(out.to(latent.dtype), seconds, total, tokens_computed, tokens_full, info)
