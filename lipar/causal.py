@@ -22,7 +22,7 @@ from torch import nn
 from lipar.attention import attention, resolve_backend
 from lipar.config import WanConfig, infer_config
 from lipar.errors import LiparError
-from lipar.recovery import ChunkLayout
+from lipar.recovery import ChunkLayout, fill_keys
 from lipar.rope import apply_rope
 
 WAN_PARAMETERS = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
@@ -153,15 +153,8 @@ class CausalWan:
         q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), lay.cos, lay.sin)
         k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), lay.cos, lay.sin)
         v = sa.v(y).view(b, n, h, hd)
-        kb, vb = self.cache_k[i], self.cache_v[i]
-        c0, c1 = lay.cache_len, lay.cache_len + n
-        kb[:, c0:c1] = k
-        vb[:, c0:c1] = v
-        if lay.dup_src is not None and lay.num_dups:
-            kb[:, c1:lay.key_len] = apply_rope(kb[:, lay.dup_src], lay.dup_cos, lay.dup_sin)
-            vb[:, c1:lay.key_len] = vb[:, lay.dup_src]
-        a = attention(q, kb[:, :lay.key_len], vb[:, :lay.key_len], key_bias=lay.key_bias,
-                      backend=self.backend, bias_mode=self.bias_mode)
+        keys, values = fill_keys(self.cache_k[i], self.cache_v[i], k, v, lay)
+        a = attention(q, keys, values, key_bias=lay.key_bias, backend=self.backend, bias_mode=self.bias_mode)
         x = x + sa.o(a.flatten(2)) * mod[2]
         ca = blk.cross_attn
         qc = ca.norm_q(ca.q(blk.norm3(x))).view(b, n, h, hd)
@@ -193,7 +186,8 @@ def forward_once(module: nn.Module, latent: torch.Tensor, timestep: torch.Tensor
     device = latent.device
     runner = CausalWan(module, device=device, dtype=dtype or latent.dtype, backend=backend)
     b, _, f, h, w = latent.shape
-    (lay,) = build_layouts(latent.shape, runner.cfg, f, device=device)
+    (lay,) = build_layouts(latent.shape, runner.cfg, f, device=device,
+                           dtype=torch.float64 if runner.dtype == torch.float64 else torch.float32)
     runner.allocate_cache(b, lay.key_len)
     runner.encode_text(context)
     ts = timestep.view(b, -1).to(device)

@@ -13,7 +13,7 @@ from lipar.config import WanConfig
 
 
 class WanRMSNorm(nn.Module):
-    """RMSNorm over the last dim, computed in float32 (Wan's ``norm_q``/``norm_k``)."""
+    """RMSNorm over the last dim, computed in at least float32 (Wan's ``norm_q``/``norm_k``)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -21,7 +21,7 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = x.float() if x.element_size() < 4 else x
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 

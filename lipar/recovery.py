@@ -37,7 +37,7 @@ import torch
 from lipar.config import WanConfig
 from lipar.errors import LiparError
 from lipar.plan import PruningPlan
-from lipar.rope import cos_sin, frame_shift_angles, rope_angles, token_positions
+from lipar.rope import apply_rope, cos_sin, frame_shift_angles, rope_angles, token_positions
 
 RECOVERY_MODES = ("none", "m_degree", "noise_aware")
 RECOVERY_FORMS = ("exact", "compressed")
@@ -84,11 +84,12 @@ class ChunkLayout:
 
 def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: int, *,
                   plan: PruningPlan | None = None, mode: str = "noise_aware", form: str = "exact",
-                  device: torch.device | str = "cpu") -> list[ChunkLayout]:
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[ChunkLayout]:
     """Layouts of all chunks of one sample (``plan`` must hold one sample, or be None).
 
     All index work runs on ``device``; the only host reads are the per-chunk counts,
-    made once here before sampling starts.
+    made once here before sampling starts. ``dtype`` is that of the RoPE tables (float32,
+    or float64 for float64 runs).
     """
     check_recovery(mode, form)
     _, _, t, h, w = latent_shape
@@ -103,7 +104,7 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
         local_frame = torch.arange(chunk_frames, device=device).repeat_interleave(hw)
         for c in range(n_chunks):
             pos = pos_all[c * n:(c + 1) * n]
-            cos, sin = cos_sin(rope_angles(pos, cfg))
+            cos, sin = cos_sin(rope_angles(pos, cfg), dtype)
             layouts.append(ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), c * n, n, None,
                                        local_frame, cos, sin))
         return layouts
@@ -125,7 +126,7 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
         g0, g1 = c * chunk_frames * hw, (c + 1) * chunk_frames * hw
         kept_idx = torch.nonzero(keep[g0:g1]).squeeze(1)
         pos = pos_all[g0:g1][kept_idx]
-        cos, sin = cos_sin(rope_angles(pos, cfg))
+        cos, sin = cos_sin(rope_angles(pos, cfg), dtype)
         lay = ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), offsets[c], counts[c], kept_idx,
                           kept_idx // hw, cos, sin)
         if mode != "none":
@@ -138,9 +139,26 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
             delta = frame_of[pruned] - stand_frame
             if form == "exact":
                 lay.dup_src = stand_pos
-                lay.dup_cos, lay.dup_sin = cos_sin(frame_shift_angles(delta, cfg))
+                lay.dup_cos, lay.dup_sin = cos_sin(frame_shift_angles(delta, cfg), dtype)
             else:
                 m = torch.bincount(stand_pos, minlength=offsets[c + 1])
                 lay.key_bias = torch.log1p(m.float())
         layouts.append(lay)
     return layouts
+
+
+def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              lay: ChunkLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write a chunk's keys/values into one layer's buffers and add its duplicates.
+
+    kb, vb: [B, capacity, H, D] key/value buffers of one layer (earlier chunks at [0, L_c)).
+    k, v:   [B, Nk, H, D] this chunk's RoPE'd keys and values.
+    Returns views ``[B, key_len, H, D]`` of the keys/values the chunk attends to.
+    """
+    c0, c1 = lay.cache_len, lay.cache_len + lay.num_kept
+    kb[:, c0:c1] = k
+    vb[:, c0:c1] = v
+    if lay.num_dups:
+        kb[:, c1:lay.key_len] = apply_rope(kb[:, lay.dup_src], lay.dup_cos, lay.dup_sin)
+        vb[:, c1:lay.key_len] = vb[:, lay.dup_src]
+    return kb[:, :lay.key_len], vb[:, :lay.key_len]

@@ -40,10 +40,10 @@ def cos_sin(angles: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[t
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved channel pairs of ``x`` [B, N, H, D] by per-token angles.
 
-    cos, sin: [N, D/2] (float32). Computed in float32, returned in x's dtype.
+    cos, sin: [N, D/2]. Computed in the tables' dtype (float32, or float64), returned in x's dtype.
     """
     b, n, h, d = x.shape
-    xf = x.float().view(b, n, h, d // 2, 2)
+    xf = x.to(cos.dtype).view(b, n, h, d // 2, 2)
     x0, x1 = xf.unbind(-1)
     c = cos.view(1, n, 1, d // 2)
     s = sin.view(1, n, 1, d // 2)

@@ -134,8 +134,9 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     total = b * (n_chunks * len(steps) + cache_passes)
     # All noise up front from a seeded CPU generator: the same seed gives the same video on any device.
     gen = torch.Generator().manual_seed(int(config.seed))
-    noise = torch.randn((len(steps), b, c, t, h, w), generator=gen).to(device, torch.float32)
-    src = latent.to(device, torch.float32)
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    noise = torch.randn((len(steps), b, c, t, h, w), generator=gen).to(device, state_dtype)
+    src = latent.to(device, state_dtype)
     out = torch.zeros_like(src)
     tokens_computed = 0
     done = 0
@@ -147,7 +148,8 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
         for bi in range(b):
             sample_plan = plan.select(bi) if plan is not None else None
             layouts = build_layouts(latent.shape, runner.cfg, cf, plan=sample_plan, mode=config.recovery,
-                                    form=config.recovery_form, device=device)
+                                    form=config.recovery_form, device=device,
+                                    dtype=state_dtype)
             runner.allocate_cache(1, max(lay.key_len for lay in layouts))
             runner.encode_text(context[bi:bi + 1] if context.shape[0] == b else context)
             for lay in layouts:
@@ -160,7 +162,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
                     if on_pass is not None:
                         on_pass(PassInfo(bi, lay.index, n_chunks, i, len(steps), done, total))
                     tt = torch.full((1, 1), s * 1000.0, device=device)
-                    v = runner.forward_chunk(x, tt, lay).float()
+                    v = runner.forward_chunk(x, tt, lay).to(state_dtype)
                     x0 = x - s * v
                     if i + 1 < len(sig):
                         x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * noise[i + 1, bi:bi + 1, :, sl]
