@@ -142,7 +142,7 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
                 lay.dup_cos, lay.dup_sin = cos_sin(frame_shift_angles(delta, cfg), dtype)
             else:
                 m = torch.bincount(stand_pos, minlength=offsets[c + 1])
-                lay.key_bias = torch.log1p(m.float())
+                lay.key_bias = torch.log1p(m.to(dtype))
         layouts.append(lay)
     return layouts
 

@@ -28,8 +28,10 @@ Conventions that differ between the two and how they are handled here:
   checked separately (order and frequencies must agree to float32 phase rounding).
 * RoPE: both use interleaved channel pairs, split 44/42/42 over (frame, row, col) for head
   dim 128, theta 10000, positions starting at 0.
-* Precision: diffusers forces float32 in its LayerNorms/modulation, and lipar's RMSNorm/RoPE
-  run in float32 as well, so a float64 comparison would not be tighter; both run in float32.
+* Precision: diffusers hard-casts to float32 inside (FP32LayerNorm, ``temb.float()``,
+  ``hidden_states.float()`` in every block, float32 RoPE tables and sinusoid), so a float64
+  run of diffusers is not a float64 reference; both models run in float32 here (lipar's own
+  float64 path is covered by tests/reference.py / test_causal.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,148 @@
+"""Attention recovery at the attention level (paper Eq. 3-4, section 2.4.1)."""
+
+import pytest
+import torch
+
+import lipar
+from lipar.attention import attention
+from lipar.plan import PlanConfig, PruningPlan, derive_frames
+from lipar.recovery import build_layouts, fill_keys
+from lipar.rope import apply_rope, cos_sin, rope_angles, token_positions
+
+CFG = lipar.TINY
+H, D = CFG.num_heads, CFG.head_dim
+
+
+def _plan(keep: torch.Tensor, chunk=3) -> PruningPlan:
+    """A plan from a keep mask [1, T, Hp, Wp] (frame 0 and chunk 0 must be kept)."""
+    src, anc = derive_frames(keep, chunk)
+    t, hp, wp = keep.shape[1:]
+    return PruningPlan(keep, src, anc, (1, 16, t, hp * 2, wp * 2), PlanConfig(chunk_frames=chunk))
+
+
+def _random_keep(t=9, hp=2, wp=3, seed=0, p=0.5):
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(1, t, hp, wp, generator=g) > p
+    keep[:, :3] = True   # chunk 0 has no anchor: never pruned
+    return keep
+
+
+def _duplicated_qkv(plan, standin_frame, seed=0):
+    """Unroped q, k, v [1, N, H, D] over the whole grid where each pruned token's k/v are
+    exact copies of its stand-in's (same (y, x), frame ``standin_frame``)."""
+    g = torch.Generator().manual_seed(seed)
+    t, hp, wp = plan.keep.shape[1:]
+    n = t * hp * wp
+    q, k, v = (torch.randn(1, n, H, D, generator=g, dtype=torch.float64) for _ in range(3))
+    keep = plan.keep[0].flatten()
+    yx = torch.arange(n) % (hp * wp)
+    sf = standin_frame[0].flatten()
+    for i in torch.nonzero(~keep).squeeze(1).tolist():
+        j = sf[i].item() * hp * wp + yx[i].item()
+        k[:, i], v[:, i] = k[:, j], v[:, j]
+    return q, k, v
+
+
+def _full_attention(q, k, v, t, hp, wp, chunk):
+    """Exact block-causal attention over all tokens, RoPE at true positions -> [1, N, H, D]."""
+    pos = token_positions(t, hp, wp)
+    cos, sin = cos_sin(rope_angles(pos, CFG), torch.float64)
+    qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    chunk_of = pos[:, 0] // chunk
+    mask = torch.where(chunk_of[None] <= chunk_of[:, None], 0.0, float("-inf")).double()
+    s = torch.einsum("bqhd,bkhd->bhqk", qr, kr) / D**0.5 + mask
+    return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v)
+
+
+def _recovered(q, k, v, plan, mode, form, chunk=3):
+    """Attention of kept queries through lipar's layouts and key buffers, chunk by chunk."""
+    t, hp, wp = plan.keep.shape[1:]
+    lays = build_layouts(plan.latent_shape, CFG, chunk, plan=plan, mode=mode, form=form, dtype=torch.float64)
+    cap = max(l.key_len for l in lays)
+    kb = torch.zeros(1, cap, H, D, dtype=torch.float64)
+    vb = torch.zeros_like(kb)
+    outs = {}
+    for lay in lays:
+        g0 = lay.frame_start * hp * wp
+        idx = g0 + lay.kept_idx
+        qk = apply_rope(q[:, idx], lay.cos, lay.sin)
+        kk = apply_rope(k[:, idx], lay.cos, lay.sin)
+        keys, values = fill_keys(kb, vb, kk, v[:, idx], lay)
+        out = attention(qk, keys, values, key_bias=lay.key_bias, backend="sdpa")
+        for j, gi in enumerate(idx.tolist()):
+            outs[gi] = out[:, j]
+    return outs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_m_degree_exact_equals_full_attention_with_exact_duplicates(seed):
+    keep = _random_keep(seed=seed)
+    plan = _plan(keep)
+    assert (~plan.keep).sum() > 5
+    q, k, v = _duplicated_qkv(plan, plan.source_frame, seed)
+    full = _full_attention(q, k, v, *keep.shape[1:], 3)
+    rec = _recovered(q, k, v, plan, "m_degree", "exact")
+    naive = _recovered(q, k, v, plan, "none", "exact")
+    kept = torch.nonzero(plan.keep[0].flatten()).squeeze(1).tolist()
+    err = max((rec[i] - full[:, i]).abs().max().item() for i in kept)
+    naive_err = max((naive[i] - full[:, i]).abs().max().item() for i in kept)
+    assert err < 1e-12                 # exact, with cache (later chunks) and without (chunk 0)
+    assert naive_err > 1e-3            # naive pruning is visibly wrong on the same data
+
+
+def test_noise_aware_exact_equals_full_attention_when_anchors_duplicate():
+    keep = _random_keep(seed=5)
+    plan = _plan(keep)
+    t = keep.shape[1]
+    for c in range(1, t // 3):
+        # Chunk c's own pruned tokens copy their anchor (a clean cache entry); pruned tokens
+        # of earlier chunks copy their source; later chunks are invisible to chunk c.
+        sf = plan.source_frame.clone()
+        sl = slice(3 * c, 3 * c + 3)
+        sf[:, sl] = plan.anchor_frame[:, sl]
+        q, k, v = _duplicated_qkv(plan, sf, seed=c)
+        full = _full_attention(q, k, v, *keep.shape[1:], 3)
+        rec = _recovered(q, k, v, plan, "noise_aware", "exact")
+        hw = keep.shape[2] * keep.shape[3]
+        kept = [i for i in torch.nonzero(plan.keep[0].flatten()).squeeze(1).tolist() if i // hw // 3 == c]
+        assert kept
+        err = max((rec[i] - full[:, i]).abs().max().item() for i in kept)
+        assert err < 1e-12, c
+
+
+def test_compressed_form_equals_unrotated_duplicates():
+    """The compressed form is full attention with each duplicate placed at its stand-in's
+    position (log-multiplicity bias); check that against an explicit dense computation."""
+    keep = _random_keep(seed=7)
+    plan = _plan(keep)
+    t, hp, wp = keep.shape[1:]
+    g = torch.Generator().manual_seed(0)
+    n = t * hp * wp
+    q, k, v = (torch.randn(1, n, H, D, generator=g, dtype=torch.float64) for _ in range(3))
+    rec = _recovered(q, k, v, plan, "m_degree", "compressed")
+    pos = token_positions(t, hp, wp)
+    cos, sin = cos_sin(rope_angles(pos, CFG), torch.float64)
+    qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    keepf = plan.keep[0].flatten()
+    src = (plan.source_frame[0].flatten() * hp * wp + torch.arange(n) % (hp * wp))
+    kr_dup, v_dup = kr[:, src], v[:, src]      # every token replaced by its (kept) source
+    for i in torch.nonzero(keepf).squeeze(1).tolist():
+        c = i // (hp * wp) // 3
+        vis = torch.arange(n) // (hp * wp) // 3 <= c
+        s = torch.einsum("bhd,bkhd->bhk", qr[:, i], kr_dup[:, vis]) / D**0.5
+        ref = torch.einsum("bhk,bkhd->bhd", s.softmax(-1), v_dup[:, vis])
+        assert (rec[i] - ref).abs().max().item() < 1e-12
+
+
+def test_fold_bias_equals_mask_bias():
+    from lipar.attention import fold_key_bias
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 11, 2, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    bias = torch.log1p(torch.randint(0, 4, (2, 11), generator=g).double())
+    bias[1, 3] = float("-inf")   # a masked (padding) key
+    a = attention(q, k, v, key_bias=bias, backend="sdpa", bias_mode="mask")
+    b = attention(q, k, v, key_bias=bias, backend="sdpa", bias_mode="fold")
+    assert (a - b).abs().max().item() < 1e-10
+    qp, kp, vp, scale = fold_key_bias(q, k, v, bias)
+    assert qp.shape[-1] % 8 == 0 and scale == pytest.approx(16 ** -0.5)
