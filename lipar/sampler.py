@@ -147,7 +147,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     try:
         for bi in range(b):
             sample_plan = plan.select(bi) if plan is not None else None
-            layouts = build_layouts(latent.shape, runner.cfg, cf, plan=sample_plan, mode=config.recovery,
+            layouts = build_layouts((1,) + tuple(latent.shape[1:]), runner.cfg, cf, plan=sample_plan, mode=config.recovery,
                                     form=config.recovery_form, device=device,
                                     dtype=state_dtype)
             runner.allocate_cache(1, max(lay.key_len for lay in layouts))
