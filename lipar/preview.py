@@ -1,0 +1,64 @@
+"""Pruning-mask previews as IMAGE-style tensors ``[N, H, W, 3]`` (float, 0..1)."""
+
+from __future__ import annotations
+
+import torch
+
+from lipar.errors import LiparError
+from lipar.plan import PruningPlan
+
+PRUNED_TINT = (0.15, 0.35, 1.0)   # pruned patches are tinted blue
+KEPT_GRID = (1.0, 1.0, 1.0)
+PRUNED_GRID = (0.12, 0.2, 0.55)
+
+
+def latent_frame_of_video_frame(n: int) -> int:
+    """Wan's VAE maps video frame 0 to latent frame 0 and frames 4t-3..4t to latent frame t."""
+    return 0 if n == 0 else (n - 1) // 4 + 1
+
+
+def mask_preview(plan: PruningPlan, frames: torch.Tensor | None = None, *, sample: int = 0,
+                 strength: float = 0.55) -> torch.Tensor:
+    """A preview of which patches are pruned.
+
+    frames: optional source video ``[N, H, W, 3]`` in 0..1 with ``N = 4*(T-1)+1`` frames (or
+    N = T) and H, W = 8 x the latent size. With frames, returns them with pruned patches
+    tinted; without, returns the T masks upscaled to pixel size (kept white, pruned dark blue).
+    """
+    keep = plan.keep[sample].float().cpu()                         # [T, Hp, Wp]
+    t, hp, wp = keep.shape
+    if frames is None:
+        px = keep.repeat_interleave(16, 1).repeat_interleave(16, 2)  # [T, H, W]
+        kept = torch.tensor(KEPT_GRID).view(1, 1, 1, 3)
+        pruned = torch.tensor(PRUNED_GRID).view(1, 1, 1, 3)
+        img = px.unsqueeze(-1) * kept + (1 - px.unsqueeze(-1)) * pruned
+        # thin grid lines between tokens help reading the mask
+        img[:, ::16, :, :] *= 0.85
+        img[:, :, ::16, :] *= 0.85
+        return img.clamp(0, 1)
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise LiparError(f"Source frames must be an IMAGE batch [N, H, W, 3]; got {getattr(frames, 'shape', type(frames))}.")
+    n, h, w, _ = frames.shape
+    if n == t:
+        lat_of = list(range(n))
+    elif n == 4 * (t - 1) + 1:
+        lat_of = [latent_frame_of_video_frame(i) for i in range(n)]
+    else:
+        raise LiparError(f"The source frames ({n}) do not match the plan's {t} latent frames; connect the frames "
+                         f"that were VAE-encoded ({4 * (t - 1) + 1} frames).")
+    if (h, w) != (hp * 16, wp * 16):
+        raise LiparError(f"The source frames are {w}x{h} but the plan is for {wp * 16}x{hp * 16} video.")
+    m = keep[lat_of].repeat_interleave(16, 1).repeat_interleave(16, 2).unsqueeze(-1)  # [N, H, W, 1]
+    tint = torch.tensor(PRUNED_TINT).view(1, 1, 1, 3)
+    f = frames.detach().float().cpu()
+    return (m * f + (1 - m) * ((1 - strength) * f + strength * tint)).clamp(0, 1)
+
+
+def save_animation(images: torch.Tensor, path: str, fps: float = 8.0) -> str:
+    """Write ``[N, H, W, 3]`` images as an animated WEBP (needs Pillow)."""
+    from PIL import Image
+
+    frames = [Image.fromarray((img.numpy() * 255).round().astype("uint8")) for img in images]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0, lossless=False,
+                   quality=80, method=4)
+    return path
