@@ -139,7 +139,7 @@ class CausalWan:
         for i, blk in enumerate(m.blocks):
             x = self._block(i, blk, x, e0, layout)
         head = m.head
-        hm = (self._head_mod.to(self.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # 2 x [B, *, dim]
+        hm = (self._head_mod.to(self.device, self.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # 2 x [B, *, dim]
         out = head.head(head.norm(x) * (1 + hm[1]) + hm[0])     # [B, Nk, 64]
         return self._unpatchify(out, layout, b)
 
@@ -147,7 +147,7 @@ class CausalWan:
         cfg = self.cfg
         b, n, _ = x.shape
         h, hd = cfg.num_heads, cfg.head_dim
-        mod = (self._mods[i].to(self.dtype).unsqueeze(0) + e0).unbind(2)  # 6 x [B, 1|Nk, dim]
+        mod = (self._mods[i].to(self.device, self.dtype).unsqueeze(0) + e0).unbind(2)  # 6 x [B, 1|Nk, dim]
         sa = blk.self_attn
         y = blk.norm1(x) * (1 + mod[1]) + mod[0]
         q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), lay.cos, lay.sin)
