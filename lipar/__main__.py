@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--target-prune", type=float, default=None, help="fit the threshold to this prune ratio")
     b.add_argument("--repeat", type=int, default=3)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--backend", default="auto", choices=["auto", "sdpa", "flash_attn"])
+    b.add_argument("--backend", default="auto", choices=["auto", "sdpa", "cudnn", "flash_attn"])
     b.add_argument("--json", action="store_true", help="print one line of JSON")
     b.add_argument("--out", default=None, help="also write the JSON to this file")
     b.set_defaults(func=_bench)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipar.attention import attention, resolve_backend
+from lipar.attention import attention, resolve_backend, sdpa_context
 from lipar.config import WanConfig, infer_config
 from lipar.errors import LiparError
 from lipar.recovery import ChunkLayout, fill_keys
@@ -136,8 +136,9 @@ class CausalWan:
         e, e0 = self.time_embeddings(timestep)                   # [B, 1|F, dim], [B, 1|F, 6, dim]
         if timestep.shape[1] > 1:                                # per-frame timesteps -> per token
             e, e0 = e[:, layout.token_frame], e0[:, layout.token_frame]
-        for i, blk in enumerate(m.blocks):
-            x = self._block(i, blk, x, e0, layout)
+        with sdpa_context(self.backend):
+            for i, blk in enumerate(m.blocks):
+                x = self._block(i, blk, x, e0, layout)
         head = m.head
         hm = (self._head_mod.to(self.device, self.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # 2 x [B, *, dim]
         out = head.head(head.norm(x) * (1 + hm[1]) + hm[0])     # [B, Nk, 64]

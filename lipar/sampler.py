@@ -39,7 +39,7 @@ class SamplerConfig:
     seed: int = 0
     recovery: str = "noise_aware"          # none | m_degree | noise_aware
     recovery_form: str = "exact"           # exact (materialised duplicates) | compressed (log-multiplicity)
-    backend: str = "auto"                  # auto | sdpa | flash_attn
+    backend: str = "auto"                  # auto (cudnn on CUDA) | sdpa | cudnn | flash_attn
     bias_mode: str = "auto"                # how a per-key bias reaches the kernel: auto | mask | fold
     dtype: torch.dtype | None = None       # compute dtype; None: bfloat16 on CUDA, float32 elsewhere
     cache_last_chunk: bool = False         # run the (unused) cache-update pass after the last chunk too
