@@ -68,6 +68,11 @@ def sdpa_context(backend: str):
     return sdpa_kernel(order, set_priority=True)
 
 
+def fold_width(d: int) -> int:
+    """Channels of a folded key: d + 1 (the bias channel), padded to a multiple of 8."""
+    return (d + 1 + 7) // 8 * 8
+
+
 def fold_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor):
     """Fold a per-key bias into an extra channel: q' = [q, 1], k' = [k, bias * sqrt(D)].
 
@@ -77,7 +82,7 @@ def fold_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: t
     """
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    dp = (d + 1 + 7) // 8 * 8
+    dp = fold_width(d)
     qp = q.new_zeros(b, lq, h, dp)
     qp[..., :d] = q
     qp[..., d] = 1.0
@@ -120,3 +125,19 @@ def _kernel(q, k, v, scale: float, backend: str) -> torch.Tensor:
         return _flash_attn_func()(q, k, v, softmax_scale=scale)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
     return out.transpose(1, 2)
+
+
+def attention_folded(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, backend: str) -> torch.Tensor:
+    """Attention over keys/values stored folded (``[B, Lk, H, W]``, W = fold_width(D)): the
+    key's channel D holds ``bias * sqrt(D)``, the rest of the padding is zero.
+    q: [B, Lq, H, D] -> [B, Lq, H, D]."""
+    d = q.shape[-1]
+    qp = q.new_zeros(*q.shape[:-1], keys.shape[-1])
+    qp[..., :d] = q
+    qp[..., d] = 1.0
+    return _kernel(qp, keys, values, 1.0 / math.sqrt(d), backend)[..., :d]
+
+
+def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int) -> None:
+    """Store a per-key bias [Lk] into channel d of folded keys [B, >=Lk, H, W]."""
+    keys[:, :key_bias.shape[-1], :, d] = (key_bias.clamp(min=_NEG) * math.sqrt(d)).view(1, -1, 1).to(keys.dtype)

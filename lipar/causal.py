@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipar.attention import attention, resolve_backend, sdpa_context
+from lipar.attention import BIAS_MODES, attention, attention_folded, fold_width, resolve_backend, sdpa_context
 from lipar.config import WanConfig, infer_config
 from lipar.errors import LiparError
 from lipar.recovery import ChunkLayout, fill_keys
@@ -74,7 +74,11 @@ class CausalWan:
         self.device = torch.device(device)
         self.dtype = dtype
         self.backend = resolve_backend(backend, self.device)
+        if bias_mode not in BIAS_MODES:
+            raise LiparError(f"Unknown bias mode {bias_mode!r}; choose one of {list(BIAS_MODES)}.")
         self.bias_mode = bias_mode
+        # Fold a per-key bias into the cached keys (an extra channel) rather than a mask?
+        self.fold_bias = bias_mode == "fold" or (bias_mode == "auto" and self.backend != "sdpa")
         self.text_k: torch.Tensor | None = None   # [layers, B, Ltext, H, D]
         self.text_v: torch.Tensor | None = None
         self.cache_k: torch.Tensor | None = None  # [layers, B, capacity, H, D]
@@ -83,10 +87,12 @@ class CausalWan:
         self._head_mod = module.head.modulation
 
     # ---- per-run setup -----------------------------------------------------------
-    def encode_text(self, context: torch.Tensor) -> None:
+    def encode_text(self, context: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Cross-attention keys/values of the text, once per run.
 
         context: [B, L <= text_len, text_dim] umt5 embedding; zero-padded to text_len.
+        out: optional preallocated ``[layers, B, text_len, H, D]`` buffers to fill (CUDA graphs
+        keep their addresses).
         """
         cfg = self.cfg
         b, l, d = context.shape
@@ -99,18 +105,31 @@ class CausalWan:
         ctx[:, :l] = context.to(self.device, self.dtype)
         ctx = self.module.text_embedding(ctx)
         h, hd = cfg.num_heads, cfg.head_dim
-        ks, vs = [], []
-        for blk in self.module.blocks:
+        if out is None:
+            shape = (cfg.num_layers, b, cfg.text_len, h, hd)
+            out = (torch.empty(shape, device=self.device, dtype=self.dtype),
+                   torch.empty(shape, device=self.device, dtype=self.dtype))
+        for i, blk in enumerate(self.module.blocks):
             ca = blk.cross_attn
-            ks.append(ca.norm_k(ca.k(ctx)).view(b, -1, h, hd))
-            vs.append(ca.v(ctx).view(b, -1, h, hd))
-        self.text_k, self.text_v = torch.stack(ks), torch.stack(vs)
+            out[0][i] = ca.norm_k(ca.k(ctx)).view(b, -1, h, hd)
+            out[1][i] = ca.v(ctx).view(b, -1, h, hd)
+        self.text_k, self.text_v = out
 
-    def allocate_cache(self, batch: int, capacity: int) -> None:
+    def allocate_cache(self, batch: int, capacity: int, folded: bool = False) -> None:
+        """KV cache buffers ``[layers, B, capacity, H, W]``; W = head_dim, or head_dim + 1
+        padded to a multiple of 8 when a per-key bias is folded into the keys."""
         cfg = self.cfg
-        shape = (cfg.num_layers, batch, capacity, cfg.num_heads, cfg.head_dim)
+        width = fold_width(cfg.head_dim) if folded else cfg.head_dim
+        shape = (cfg.num_layers, batch, capacity, cfg.num_heads, width)
         self.cache_k = torch.empty(shape, device=self.device, dtype=self.dtype)
         self.cache_v = torch.empty(shape, device=self.device, dtype=self.dtype)
+        if folded:   # padding channels stay zero; the bias channel of k is written per pass
+            self.cache_k[..., cfg.head_dim:].zero_()
+            self.cache_v[..., cfg.head_dim:].zero_()
+
+    @property
+    def folded(self) -> bool:
+        return self.cache_k is not None and self.cache_k.shape[-1] != self.cfg.head_dim
 
     def release(self) -> None:
         self.text_k = self.text_v = self.cache_k = self.cache_v = None
@@ -125,45 +144,66 @@ class CausalWan:
         e0 = m.time_projection(e).view(b, f, 6, self.cfg.dim)
         return e.view(b, f, self.cfg.dim), e0
 
-    def forward_chunk(self, latent: torch.Tensor, timestep: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
-        """Flow prediction for one chunk. latent [B, 16, F, H, W], timestep [B, F] or [B, 1]."""
-        m, cfg = self.module, self.cfg
-        b = latent.shape[0]
-        x = m.patch_embedding(latent.to(self.dtype))            # [B, dim, F, Hp, Wp]
+    def embed(self, latent: torch.Tensor, timestep: torch.Tensor, layout: ChunkLayout):
+        """Kept tokens and time embeddings of a chunk: x [B, Nk, dim], e [B, 1|Nk, dim], e0 [B, 1|Nk, 6, dim]."""
+        x = self.module.patch_embedding(latent.to(self.dtype))  # [B, dim, F, Hp, Wp]
         x = x.flatten(2).transpose(1, 2)                         # [B, F*Hp*Wp, dim]
         if layout.kept_idx is not None:
             x = x[:, layout.kept_idx]
         e, e0 = self.time_embeddings(timestep)                   # [B, 1|F, dim], [B, 1|F, 6, dim]
         if timestep.shape[1] > 1:                                # per-frame timesteps -> per token
             e, e0 = e[:, layout.token_frame], e0[:, layout.token_frame]
-        with sdpa_context(self.backend):
-            for i, blk in enumerate(m.blocks):
-                x = self._block(i, blk, x, e0, layout)
-        head = m.head
-        hm = (self._head_mod.to(self.device, self.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # 2 x [B, *, dim]
-        out = head.head(head.norm(x) * (1 + hm[1]) + hm[0])     # [B, Nk, 64]
-        return self._unpatchify(out, layout, b)
+        return x, e, e0
 
-    def _block(self, i: int, blk: nn.Module, x: torch.Tensor, e0: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
+    def forward_chunk(self, latent: torch.Tensor, timestep: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+        """Flow prediction for one chunk. latent [B, 16, F, H, W], timestep [B, F] or [B, 1]."""
+        x, e, e0 = self.embed(latent, timestep, layout)
+        with sdpa_context(self.backend):
+            for i in range(self.cfg.num_layers):
+                q, k, v = self.pre_attention(i, x, e0, layout.cos, layout.sin)
+                x = self.post_attention(i, x, self.self_attention(i, q, k, v, layout), e0)
+        return self.unpatchify(self.head(x, e), layout, latent.shape[0])
+
+    def pre_attention(self, i: int, x: torch.Tensor, e0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Block i up to self-attention: RoPE'd q, k and v, each [B, N, H, D]."""
         cfg = self.cfg
         b, n, _ = x.shape
         h, hd = cfg.num_heads, cfg.head_dim
-        mod = (self._mods[i].to(self.device, self.dtype).unsqueeze(0) + e0).unbind(2)  # 6 x [B, 1|Nk, dim]
+        blk = self.module.blocks[i]
+        mod = (self._mods[i].to(self.device, self.dtype).unsqueeze(0) + e0).unbind(2)  # 6 x [B, 1|N, dim]
         sa = blk.self_attn
         y = blk.norm1(x) * (1 + mod[1]) + mod[0]
-        q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), lay.cos, lay.sin)
-        k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), lay.cos, lay.sin)
-        v = sa.v(y).view(b, n, h, hd)
+        q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), cos, sin)
+        k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), cos, sin)
+        return q, k, sa.v(y).view(b, n, h, hd)
+
+    def self_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
+        """Store this chunk's k/v in layer i's cache, add recovery keys, attend: [B, Nk, H, D]."""
         keys, values = fill_keys(self.cache_k[i], self.cache_v[i], k, v, lay)
-        a = attention(q, keys, values, key_bias=lay.key_bias, backend=self.backend, bias_mode=self.bias_mode)
-        x = x + sa.o(a.flatten(2)) * mod[2]
+        if self.folded and lay.key_bias is not None:
+            return attention_folded(q, keys, values, backend=self.backend)
+        return attention(q, keys, values, key_bias=lay.key_bias, backend=self.backend, bias_mode=self.bias_mode)
+
+    def post_attention(self, i: int, x: torch.Tensor, a: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:
+        """Block i after self-attention (output projection, cross-attention, FFN)."""
+        cfg = self.cfg
+        b, n, _ = x.shape
+        blk = self.module.blocks[i]
+        mod = (self._mods[i].to(self.device, self.dtype).unsqueeze(0) + e0).unbind(2)
+        x = x + blk.self_attn.o(a.flatten(2)) * mod[2]
         ca = blk.cross_attn
-        qc = ca.norm_q(ca.q(blk.norm3(x))).view(b, n, h, hd)
+        qc = ca.norm_q(ca.q(blk.norm3(x))).view(b, n, cfg.num_heads, cfg.head_dim)
         x = x + ca.o(attention(qc, self.text_k[i], self.text_v[i], backend=self.backend).flatten(2))
         y = blk.norm2(x) * (1 + mod[4]) + mod[3]
         return x + blk.ffn(y) * mod[5]
 
-    def _unpatchify(self, out: torch.Tensor, lay: ChunkLayout, b: int) -> torch.Tensor:
+    def head(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Output head: [B, N, dim] -> [B, N, 4 * out_dim]."""
+        head = self.module.head
+        hm = (self._head_mod.to(self.device, self.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # 2 x [B, *, dim]
+        return head.head(head.norm(x) * (1 + hm[1]) + hm[0])
+
+    def unpatchify(self, out: torch.Tensor, lay: ChunkLayout, b: int) -> torch.Tensor:
         """[B, Nk, 4*C] token predictions -> [B, C, F, H, W] (zeros at pruned positions)."""
         hp, wp = lay.grid
         c = self.cfg.out_dim

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lipar.attention import write_folded_bias
 from lipar.config import WanConfig
 from lipar.errors import LiparError
 from lipar.plan import PruningPlan
@@ -151,14 +152,18 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
               lay: ChunkLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """Write a chunk's keys/values into one layer's buffers and add its duplicates.
 
-    kb, vb: [B, capacity, H, D] key/value buffers of one layer (earlier chunks at [0, L_c)).
+    kb, vb: [B, capacity, H, W] key/value buffers of one layer (earlier chunks at [0, L_c));
+            W = D, or the folded width (then channel D of kb carries the layout's key bias).
     k, v:   [B, Nk, H, D] this chunk's RoPE'd keys and values.
     Returns views ``[B, key_len, H, D]`` of the keys/values the chunk attends to.
     """
+    d = k.shape[-1]
     c0, c1 = lay.cache_len, lay.cache_len + lay.num_kept
-    kb[:, c0:c1] = k
-    vb[:, c0:c1] = v
+    kb[:, c0:c1, :, :d] = k
+    vb[:, c0:c1, :, :d] = v
     if lay.num_dups:
-        kb[:, c1:lay.key_len] = apply_rope(kb[:, lay.dup_src], lay.dup_cos, lay.dup_sin)
-        vb[:, c1:lay.key_len] = vb[:, lay.dup_src]
+        kb[:, c1:lay.key_len, :, :d] = apply_rope(kb[:, lay.dup_src, :, :d], lay.dup_cos, lay.dup_sin)
+        vb[:, c1:lay.key_len, :, :d] = vb[:, lay.dup_src, :, :d]
+    if kb.shape[-1] != d and lay.key_bias is not None:     # folded layout: bias channel
+        write_folded_bias(kb, lay.key_bias, d)
     return kb[:, :lay.key_len], vb[:, :lay.key_len]

@@ -43,6 +43,7 @@ class SamplerConfig:
     bias_mode: str = "auto"                # how a per-key bias reaches the kernel: auto | mask | fold
     dtype: torch.dtype | None = None       # compute dtype; None: bfloat16 on CUDA, float32 elsewhere
     cache_last_chunk: bool = False         # run the (unused) cache-update pass after the last chunk too
+    cuda_graphs: bool | None = None        # replay passes as CUDA graphs; None: on for CUDA devices
 
     def resolved_steps(self) -> tuple[int, ...]:
         if self.steps is None:
@@ -122,7 +123,15 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     dtype = config.dtype or default_dtype(device)
     if plan is not None:
         plan.check_fits(tuple(latent.shape), config.chunk_frames)
-    runner = CausalWan(module, device=device, dtype=dtype, backend=config.backend, bias_mode=config.bias_mode)
+    use_graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
+    if use_graphs and device.type != "cuda":
+        raise LiparError("cuda_graphs=True needs a CUDA device.")
+    if use_graphs:
+        from lipar.graphs import GraphedCausalWan
+        runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend,
+                                  bias_mode=config.bias_mode)
+    else:
+        runner = CausalWan(module, device=device, dtype=dtype, backend=config.backend, bias_mode=config.bias_mode)
     if runner.cfg.in_dim != c:
         raise LiparError(f"The latent has {c} channels but the model takes {runner.cfg.in_dim}.")
 
@@ -150,7 +159,10 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             layouts = build_layouts((1,) + tuple(latent.shape[1:]), runner.cfg, cf, plan=sample_plan, mode=config.recovery,
                                     form=config.recovery_form, device=device,
                                     dtype=state_dtype)
-            runner.allocate_cache(1, max(lay.key_len for lay in layouts))
+            if use_graphs:
+                runner.plan_buckets(layouts)
+            runner.allocate_cache(1, max(lay.key_len for lay in layouts),
+                                  folded=runner.fold_bias and any(lay.key_bias is not None for lay in layouts))
             runner.encode_text(context[bi:bi + 1] if context.shape[0] == b else context)
             for lay in layouts:
                 sl = slice(lay.frame_start, lay.frame_start + lay.frames)
@@ -186,7 +198,8 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     tokens_full = total * cf * (h // 2) * (w // 2)
     info = {"steps": list(steps), "sigmas": sig, "chunks": n_chunks, "dtype": str(dtype).replace("torch.", ""),
             "backend": runner.backend, "recovery": config.recovery if plan is not None else "unpruned",
-            "recovery_form": config.recovery_form}
+            "recovery_form": config.recovery_form, "cuda_graphs": use_graphs,
+            "capture_seconds": round(getattr(runner, "capture_seconds", 0.0), 4)}
     if plan is not None:
         info.update(plan.stats())
     return SampleResult(out.to(latent.dtype), seconds, total, tokens_computed, tokens_full, info)

@@ -116,3 +116,12 @@ def test_bad_inputs(model, clip):
         lipar.sample(torch.nn.Linear(3, 3), CTX, clip)
     with pytest.raises(lipar.LiparError, match="chunks"):
         lipar.sample(model, CTX, clip, plan=build_plan(clip), config=lipar.SamplerConfig(chunk_frames=1))
+
+
+def test_folded_bias_cache_equals_mask_bias(model, clip):
+    plan = build_plan(clip)
+    outs = []
+    for bias_mode in ("mask", "fold"):
+        cfg = lipar.SamplerConfig(seed=7, recovery="noise_aware", recovery_form="compressed", bias_mode=bias_mode)
+        outs.append(lipar.sample(model, CTX, clip, plan=plan, config=cfg).latent)
+    assert torch.allclose(outs[0], outs[1], atol=1e-5, rtol=1e-4)

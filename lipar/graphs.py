@@ -1,0 +1,193 @@
+"""CUDA-graph replay of chunk passes, bucketed by kept-token count (issue: launch floor).
+
+Eagerly, one 1.3B chunk pass issues ~1,200 small kernels; below ~3,000 tokens the GPU
+waits on the CPU. Here the dense work of each block (everything but self-attention)
+is captured once per *token bucket* as CUDA graphs and replayed:
+
+    G_0 = pre-attention(block 0)
+    G_i = post-attention(block i-1) + pre-attention(block i)      i = 1..L-1
+    G_L = post-attention(block L-1) + head
+
+Between graphs, self-attention runs eagerly with exact shapes (the chunk's kept
+queries against the cache plus the chunk's kept keys and any recovery duplicates), so
+padding a chunk's tokens up to its bucket never enters the softmax. Padded rows are
+zeros at the start of every pass and their outputs are dropped.
+
+Graphs, their static buffers and the text cross-attention buffers are cached per
+model and reused by later runs while the model's weights stay where they are.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+from lipar.attention import sdpa_context
+from lipar.causal import CausalWan
+from lipar.recovery import ChunkLayout
+
+
+def choose_buckets(needs: list[int], granularity: int, max_waste: float = 0.1) -> dict[int, int]:
+    """Map each token count to a bucket size (a multiple of ``granularity``), sharing
+    buckets when the padding stays under ``max_waste`` of the real count."""
+    buckets: list[int] = []
+    out: dict[int, int] = {}
+    for n in sorted(set(needs), reverse=True):
+        fit = [b for b in buckets if b >= n and (b - n) <= max_waste * n]
+        if fit:
+            out[n] = min(fit)
+        else:
+            b = -(-n // granularity) * granularity
+            buckets.append(b)
+            out[n] = b
+    return out
+
+
+@dataclass
+class _GraphSet:
+    """Static buffers and captured graphs for one bucket of N tokens."""
+
+    n: int
+    x: torch.Tensor            # [1, N, dim]
+    e: torch.Tensor            # [1, 1, dim]
+    e0: torch.Tensor           # [1, 1, 6, dim]
+    cos: torch.Tensor          # [N, D/2]
+    sin: torch.Tensor
+    q: torch.Tensor            # [1, N, H, D]
+    k: torch.Tensor
+    v: torch.Tensor
+    attn: torch.Tensor         # [1, N, H, D]
+    out: torch.Tensor          # [1, N, 4*C]
+    graphs: list = field(default_factory=list)
+
+
+class _ModelGraphs:
+    """What is cached for one model: signature, text buffers, graph sets per bucket."""
+
+    def __init__(self, signature):
+        self.signature = signature
+        self.text: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.sets: dict[int, _GraphSet] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, _ModelGraphs]" = weakref.WeakKeyDictionary()
+
+
+def _signature(runner: CausalWan):
+    params = list(runner.module.parameters())
+    probe = [params[0], params[len(params) // 2], params[-1]]
+    return (runner.dtype, runner.device, runner.backend, tuple(p.data_ptr() for p in probe),
+            tuple(p.device for p in probe))
+
+
+def clear_graph_cache() -> None:
+    _CACHE.clear()
+
+
+class GraphedCausalWan(CausalWan):
+    """``CausalWan`` whose chunk passes replay CUDA graphs (B = 1, one timestep per chunk).
+
+    Falls back to the eager pass for per-frame timesteps or batch > 1.
+    """
+
+    def __init__(self, *args, granularity: int = 256, **kw):
+        super().__init__(*args, **kw)
+        if self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        sig = _signature(self)
+        entry = _CACHE.get(self.module)
+        if entry is None or entry.signature != sig:
+            entry = _ModelGraphs(sig)
+            _CACHE[self.module] = entry
+        self.entry = entry
+        self.granularity = granularity
+        self.bucket_of: dict[int, int] = {}
+        self.capture_seconds = 0.0
+
+    # text buffers live in the cache so captured graphs keep valid addresses
+    def encode_text(self, context, out=None):
+        cfg = self.cfg
+        shape = (cfg.num_layers, context.shape[0], cfg.text_len, cfg.num_heads, cfg.head_dim)
+        if self.entry.text is None or self.entry.text[0].shape != shape:
+            self.entry.text = (torch.empty(shape, device=self.device, dtype=self.dtype),
+                               torch.empty(shape, device=self.device, dtype=self.dtype))
+            self.entry.sets.clear()   # graphs captured against the old buffers
+        super().encode_text(context, out=self.entry.text)
+
+    def plan_buckets(self, layouts: list[ChunkLayout]) -> None:
+        self.bucket_of = choose_buckets([lay.num_kept for lay in layouts], self.granularity)
+
+    def forward_chunk(self, latent, timestep, layout):
+        if latent.shape[0] != 1 or timestep.shape[1] != 1:
+            return super().forward_chunk(latent, timestep, layout)
+        n = layout.num_kept
+        gs = self._graph_set(self.bucket_of.get(n) or -(-n // self.granularity) * self.granularity)
+        x, e, e0 = self.embed(latent, timestep, layout)
+        gs.x[:, :n] = x
+        gs.x[:, n:] = 0
+        gs.e.copy_(e)
+        gs.e0.copy_(e0)
+        gs.cos[:n] = layout.cos
+        gs.sin[:n] = layout.sin
+        with sdpa_context(self.backend):
+            gs.graphs[0].replay()
+            for i in range(self.cfg.num_layers):
+                a = self.self_attention(i, gs.q[:, :n], gs.k[:, :n], gs.v[:, :n], layout)
+                gs.attn[:, :n] = a
+                gs.graphs[i + 1].replay()
+        return self.unpatchify(gs.out[:, :n], layout, 1)
+
+    # ---- capture -----------------------------------------------------------------
+    def _graph_set(self, n: int) -> _GraphSet:
+        gs = self.entry.sets.get(n)
+        if gs is not None:
+            return gs
+        t0 = time.perf_counter()
+        cfg, dev, dt = self.cfg, self.device, self.dtype
+        h, hd = cfg.num_heads, cfg.head_dim
+        gs = _GraphSet(
+            n=n,
+            x=torch.zeros(1, n, cfg.dim, device=dev, dtype=dt),
+            e=torch.zeros(1, 1, cfg.dim, device=dev, dtype=dt),
+            e0=torch.zeros(1, 1, 6, cfg.dim, device=dev, dtype=dt),
+            cos=torch.ones(n, hd // 2, device=dev, dtype=torch.float32),
+            sin=torch.zeros(n, hd // 2, device=dev, dtype=torch.float32),
+            q=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
+            k=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
+            v=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
+            attn=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
+            out=torch.zeros(1, n, cfg.out_dim * 4, device=dev, dtype=dt),
+        )
+        segs = [lambda j=j: self._segment(gs, j) for j in range(cfg.num_layers + 1)]
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side), sdpa_context(self.backend):
+            for seg in segs:          # warm-up: lazy inits happen outside capture
+                seg()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        with sdpa_context(self.backend):
+            for seg in segs:
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=self.entry.pool):
+                    seg()
+                gs.graphs.append(g)
+        torch.cuda.synchronize(dev)
+        self.entry.sets[n] = gs
+        self.capture_seconds += time.perf_counter() - t0
+        return gs
+
+    def _segment(self, gs: _GraphSet, j: int) -> None:
+        """Graph j: post-attention of block j-1 (j > 0), then pre-attention of block j or the head."""
+        if j > 0:
+            gs.x.copy_(self.post_attention(j - 1, gs.x, gs.attn, gs.e0))
+        if j < self.cfg.num_layers:
+            q, k, v = self.pre_attention(j, gs.x, gs.e0, gs.cos, gs.sin)
+            gs.q.copy_(q)
+            gs.k.copy_(k)
+            gs.v.copy_(v)
+        else:
+            gs.out.copy_(self.head(gs.x, gs.e))
