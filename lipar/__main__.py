@@ -16,7 +16,8 @@ def _bench(a: argparse.Namespace) -> int:
     opts = BenchOptions(config=a.config, device=a.device, frames=a.frames, height=a.height, width=a.width,
                         steps=a.steps, mode=a.mode, clip=a.clip, model=a.model, dtype=a.dtype, compare=a.compare,
                         forms=a.forms, threshold=a.threshold, anchor_threshold=a.anchor_threshold,
-                        target_prune=a.target_prune, repeat=a.repeat, seed=a.seed, backend=a.backend)
+                        target_prune=a.target_prune, repeat=a.repeat, seed=a.seed, backend=a.backend,
+                        graphs=a.graphs, modes=a.modes)
     if not a.model:
         print(f"lipar: no --model given: using a randomly initialised {a.config} Wan2.1 model "
               "(real architecture; timings are meaningful, images are not).", file=sys.stderr)
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--repeat", type=int, default=3)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--backend", default="auto", choices=["auto", "sdpa", "cudnn", "flash_attn"])
+    b.add_argument("--graphs", default="auto", choices=["auto", "on", "off"], help="CUDA-graph passes (auto: on CUDA)")
+    b.add_argument("--modes", default="none,m_degree,noise_aware", help="recovery modes to compare")
     b.add_argument("--json", action="store_true", help="print one line of JSON")
     b.add_argument("--out", default=None, help="also write the JSON to this file")
     b.set_defaults(func=_bench)

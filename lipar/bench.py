@@ -10,6 +10,7 @@ import math
 import platform
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,8 @@ class BenchOptions:
     repeat: int = 3
     seed: int = 0
     backend: str = "auto"
+    graphs: str = "auto"       # auto | on | off
+    modes: str = "none,m_degree,noise_aware"
 
 
 def video_to_latent_dims(frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -114,9 +117,28 @@ def _rel(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None)
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
+def _fresh(device) -> None:
+    """Drop cached CUDA graphs and free cached blocks, so each configuration's memory is its own."""
+    if device.type == "cuda":
+        from lipar.graphs import clear_graph_cache
+
+        clear_graph_cache()
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _time_call(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def _timed(model, ctx, latent, plan, cfg, repeat, device) -> tuple[Any, list[float], int | None]:
     if device.type == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times, res = [], None
     for _ in range(max(1, repeat)):
@@ -141,15 +163,18 @@ def run_bench(o: BenchOptions) -> dict[str, Any]:
         weights = "random"
     cfg_model = model.config
     steps = parse_steps(o.steps) if o.steps else None
-    scfg = SamplerConfig(mode=o.mode, steps=steps, seed=o.seed, backend=o.backend, dtype=dtype)
+    graphs = {"auto": None, "on": True, "off": False}[o.graphs]
+    scfg = SamplerConfig(mode=o.mode, steps=steps, seed=o.seed, backend=o.backend, dtype=dtype, cuda_graphs=graphs)
     latent = make_clip(ClipSpec(kind=o.clip, latent_frames=t, height=h, width=w, seed=o.seed)).to(device)
     ctx = (0.1 * torch.randn(1, 64, cfg_model.text_dim, generator=torch.Generator().manual_seed(o.seed))).to(device)
     hw = (h // 2) * (w // 2)
     n_steps = len(scfg.resolved_steps())
     video_frames = 4 * (t - 1) + 1
 
-    # warm-up (kernels, allocator, cuBLAS handles) on the same shapes
-    sample(model, ctx, latent, config=scfg)
+    # warm-up (kernels, allocator, cuBLAS handles; CUDA-graph capture) on the same shapes
+    _fresh(device)
+    cold = sample(model, ctx, latent, config=scfg)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     base_res, base_times, base_peak = _timed(model, ctx, latent, None, scfg, o.repeat, device)
     base_s = statistics.median(base_times)
@@ -174,25 +199,35 @@ def run_bench(o: BenchOptions) -> dict[str, Any]:
         "fps": round(video_frames / base_s, 3),
         "tflops_effective": round(base_flops / base_s / 1e12, 2),
         "peak_memory_bytes": base_peak,
+        "model_bytes": model_bytes,
+        "working_memory_bytes": base_peak - model_bytes if base_peak else None,
         "attention_backend": base_res.info["backend"],
+        "cuda_graphs": base_res.info["cuda_graphs"],
+        "cold_seconds": round(cold.seconds, 5),
+        "capture_seconds": cold.info["capture_seconds"],
     }
     if not o.compare:
         return result
 
     pcfg = PlanConfig(threshold=o.threshold, anchor_threshold=o.anchor_threshold, chunk_frames=scfg.chunk_frames)
     plan = fit_threshold(latent, o.target_prune, pcfg) if o.target_prune is not None else build_plan(latent, pcfg)
+    plan_s = statistics.median(_time_call(lambda: build_plan(latent, plan.config), device) for _ in range(5))
+    restore_s = statistics.median(_time_call(lambda: restore_latent(base_res.latent, plan), device) for _ in range(5))
     result.update({"prune_ratio": round(plan.prune_ratio(), 5), "tokens_kept": int(plan.keep.sum().item()),
+                   "plan_seconds": round(plan_s, 6), "restore_seconds": round(restore_s, 6),
                    "threshold": plan.config.threshold, "anchor_threshold": plan.config.anchor_threshold,
                    "kept_per_chunk": plan.kept_per_chunk()[0]})
     keep_px = plan.keep.repeat_interleave(2, 2).repeat_interleave(2, 3).unsqueeze(1).expand_as(base_res.latent)
     ref = base_res.latent
     modes: dict[str, Any] = {}
     forms = [f for f in o.forms.split(",") if f]
-    runs = [("none", "exact")] + [(m, f) for f in forms for m in ("m_degree", "noise_aware")]
+    wanted = [m for m in o.modes.split(",") if m]
+    runs = [("none", "exact")] if "none" in wanted else []
+    runs += [(m, f) for f in forms for m in ("m_degree", "noise_aware") if m in wanted]
     for mode, form in runs:
         cfg = SamplerConfig(**{**scfg.__dict__, "recovery": mode, "recovery_form": form})
-        if device.type == "cuda":
-            sample(model, ctx, latent, plan=plan, config=cfg)  # warm-up for these shapes
+        _fresh(device)
+        cold = sample(model, ctx, latent, plan=plan, config=cfg)  # warm-up for these shapes; graph capture
         res, times, peak = _timed(model, ctx, latent, plan, cfg, o.repeat, device)
         s = statistics.median(times)
         out = restore_latent(res.latent, plan)
@@ -203,6 +238,9 @@ def run_bench(o: BenchOptions) -> dict[str, Any]:
             "tflops_effective": round(flops / s / 1e12, 2),
             "peak_memory_bytes": peak,
             "memory_ratio": round(peak / base_peak, 4) if peak and base_peak else None,
+            "working_memory_ratio": round((peak - model_bytes) / (base_peak - model_bytes), 4) if peak and base_peak else None,
+            "cold_seconds": round(cold.seconds, 5), "capture_seconds": cold.info["capture_seconds"],
+            "plan_restore_overhead_pct": round(100 * (plan_s + restore_s) / s, 3),
             "psnr_db": round(_psnr(out, ref), 3), "rel_l2": round(_rel(out, ref), 6),
             "rel_l2_kept": round(_rel(out, ref, keep_px), 6),
         }

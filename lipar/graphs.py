@@ -30,10 +30,12 @@ from lipar.causal import CausalWan
 from lipar.recovery import ChunkLayout
 
 
-def choose_buckets(needs: list[int], granularity: int, max_waste: float = 0.1) -> dict[int, int]:
-    """Map each token count to a bucket size (a multiple of ``granularity``), sharing
-    buckets when the padding stays under ``max_waste`` of the real count."""
-    buckets: list[int] = []
+def choose_buckets(needs: list[int], existing: list[int] = (), granularity: int = 64,
+                   max_waste: float = 0.1) -> dict[int, int]:
+    """Map each token count to a bucket size: an existing bucket (e.g. graphs captured by an
+    earlier run) or one made here (the count rounded up to ``granularity``), sharing a
+    bucket whenever its padding stays within ``max_waste`` of the real count."""
+    buckets: list[int] = list(existing)
     out: dict[int, int] = {}
     for n in sorted(set(needs), reverse=True):
         fit = [b for b in buckets if b >= n and (b - n) <= max_waste * n]
@@ -94,7 +96,9 @@ class GraphedCausalWan(CausalWan):
     Falls back to the eager pass for per-frame timesteps or batch > 1.
     """
 
-    def __init__(self, *args, granularity: int = 256, **kw):
+    MAX_SETS = 6   # graph sets kept per model (least recently used go first)
+
+    def __init__(self, *args, granularity: int = 64, **kw):
         super().__init__(*args, **kw)
         if self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
@@ -119,7 +123,7 @@ class GraphedCausalWan(CausalWan):
         super().encode_text(context, out=self.entry.text)
 
     def plan_buckets(self, layouts: list[ChunkLayout]) -> None:
-        self.bucket_of = choose_buckets([lay.num_kept for lay in layouts], self.granularity)
+        self.bucket_of = choose_buckets([lay.num_kept for lay in layouts], list(self.entry.sets), self.granularity)
 
     def forward_chunk(self, latent, timestep, layout):
         if latent.shape[0] != 1 or timestep.shape[1] != 1:
@@ -143,9 +147,12 @@ class GraphedCausalWan(CausalWan):
 
     # ---- capture -----------------------------------------------------------------
     def _graph_set(self, n: int) -> _GraphSet:
-        gs = self.entry.sets.get(n)
+        gs = self.entry.sets.pop(n, None)
         if gs is not None:
+            self.entry.sets[n] = gs     # most recently used last
             return gs
+        while len(self.entry.sets) >= self.MAX_SETS:
+            self.entry.sets.pop(next(iter(self.entry.sets)))
         t0 = time.perf_counter()
         cfg, dev, dt = self.cfg, self.device, self.dtype
         h, hd = cfg.num_heads, cfg.head_dim

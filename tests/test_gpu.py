@@ -28,7 +28,8 @@ def test_bf16_cuda_sampling_matches_float64_cpu(backend):
             ref = lipar.sample(m64, ctx.double(), clip.double(), plan=p, config=cfg64).latent
             out = lipar.sample(m16, ctx.cuda(), clip.cuda(), plan=p, config=cfg16).latent.cpu()
             assert torch.isfinite(out).all()
-            assert _rel(out, ref) < 2e-2, (p is not None, form)
+            err = _rel(out, ref)
+            assert err < 3e-2, (p is not None, form, err)
 
 
 def test_fold_and_mask_bias_agree_on_gpu():
@@ -41,3 +42,22 @@ def test_fold_and_mask_bias_agree_on_gpu():
     for mode in ("mask", "fold"):
         out = attention(q, k, v, key_bias=bias, backend="sdpa", bias_mode=mode)
         assert _rel(out, ref) < 1e-2, mode
+
+
+@pytest.mark.parametrize("form", ["exact", "compressed"])
+def test_cuda_graph_passes_equal_eager_passes(form):
+    from lipar.graphs import choose_buckets
+
+    clip = make_clip(ClipSpec(latent_frames=9, height=32, width=48, objects=2, object_size=0.3))
+    ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(1))
+    model = lipar.build_model(lipar.TINY, seed=4, dtype=torch.bfloat16, device="cuda")
+    plan = lipar.build_plan(clip.cuda())
+    assert plan.prune_ratio() > 0.1
+    for p in (None, plan):
+        outs = []
+        for graphs in (False, True):
+            cfg = lipar.SamplerConfig(seed=2, recovery_form=form, cuda_graphs=graphs)
+            outs.append(lipar.sample(model, ctx.cuda(), clip.cuda(), plan=p, config=cfg))
+        assert outs[1].info["cuda_graphs"] and not outs[0].info["cuda_graphs"]
+        err = _rel(outs[1].latent, outs[0].latent)
+        assert err < 1e-2, (p is not None, err)

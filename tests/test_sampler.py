@@ -125,3 +125,13 @@ def test_folded_bias_cache_equals_mask_bias(model, clip):
         cfg = lipar.SamplerConfig(seed=7, recovery="noise_aware", recovery_form="compressed", bias_mode=bias_mode)
         outs.append(lipar.sample(model, CTX, clip, plan=plan, config=cfg).latent)
     assert torch.allclose(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+
+
+def test_choose_buckets_shares_within_waste_and_reuses_existing():
+    from lipar.graphs import choose_buckets
+
+    got = choose_buckets([4680, 2831, 2863, 2633, 4680], granularity=64)
+    assert got == {4680: 4736, 2863: 2880, 2831: 2880, 2633: 2880}
+    assert all(b >= n and b - n <= 0.1 * n for n, b in got.items())
+    assert choose_buckets([2700], existing=[2880]) == {2700: 2880}
+    assert choose_buckets([1000], existing=[2880]) == {1000: 1024}

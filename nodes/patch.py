@@ -1,0 +1,56 @@
+"""Attention Recovery Patch: stores LIPAR's attention options on a clone of the model."""
+
+from __future__ import annotations
+
+from ._lib import lipar
+from .common import CATEGORY, diffusion_model, user_errors
+
+RECOVERY = ("noise_aware", "m_degree", "none")
+RECOVERY_FORMS = ("exact", "compressed")
+BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
+DEFAULT_OPTIONS = {"recovery": "none", "recovery_form": "exact", "attention_backend": "auto"}
+
+
+class AttentionRecoveryPatch:
+    DESCRIPTION = (
+        "Sets how the Self-Forcing Causal Sampler corrects self-attention for pruned tokens (LIPAR attention "
+        "recovery). Without this patch a pruned latent runs naive pruning (no recovery). Returns a patched copy of "
+        "the model; the input model is not changed.")
+    CATEGORY = CATEGORY
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with LIPAR attention-recovery options; connect it to the Self-Forcing Causal Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A Wan2.1-T2V / Self-Forcing diffusion model."}),
+                "recovery": (list(RECOVERY), {"default": "noise_aware", "tooltip":
+                    "noise_aware (default): pruned tokens borrow the clean key/value of their location from the KV "
+                    "cache, re-rotated to their own position (paper 2.4.1). m_degree: a kept token's key counts once "
+                    "per pruned token it stands for (Eq. 4). none: naive pruning (ablation)."}),
+                "recovery_form": (list(RECOVERY_FORMS), {"default": "exact", "tooltip":
+                    "exact: duplicated keys/values are materialised (with the right RoPE positions). compressed: no "
+                    "duplicates; each stand-in key gets a log-multiplicity score bias (shorter keys, approximate)."}),
+                "attention_backend": (list(BACKENDS), {"default": "auto", "tooltip":
+                    "Attention kernel: auto (cuDNN SDPA on CUDA, PyTorch SDPA elsewhere), sdpa, cudnn (CUDA only), "
+                    "flash_attn (needs the flash-attn package)."}),
+            },
+        }
+
+    def patch(self, model, recovery, recovery_form, attention_backend):
+        diffusion_model(model)   # clear error for a non-Wan model, before anything else
+        with user_errors():
+            lipar.recovery.check_recovery(recovery, recovery_form)
+        if attention_backend not in BACKENDS:
+            raise ValueError(f"Unknown attention backend {attention_backend!r}; choose one of {list(BACKENDS)}.")
+        m = model.clone()
+        options = dict(getattr(m, "model_options", None) or {})
+        transformer_options = dict(options.get("transformer_options") or {})
+        transformer_options["lipar"] = {"recovery": recovery, "recovery_form": recovery_form,
+                                        "attention_backend": attention_backend}
+        options["transformer_options"] = transformer_options
+        m.model_options = options
+        return (m,)

@@ -1,0 +1,115 @@
+"""Latent Inter-Frame Pruner: makes a LIPAR pruning plan for a VAE-encoded video."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import torch
+import torch.nn.functional as F
+
+from . import host
+from ._lib import lipar
+from .common import CATEGORY, PENDING_KEY, PLAN_KEY, latent_samples, user_errors
+
+PREVIEW_MAX_SIDE = 640   # the in-node animation is downscaled to this; the IMAGE output keeps full size
+VIDEO_FPS = 16.0         # Wan2.1 / Self-Forcing video frame rate
+LATENT_FPS = 4.0         # one latent frame stands for 4 video frames
+
+
+def write_preview(images: torch.Tensor, fps: float) -> dict:
+    """Write ``images`` [N, H, W, 3] as an animated WEBP into the temp directory; return its ui entry."""
+    h, w = images.shape[1:3]
+    scale = PREVIEW_MAX_SIDE / max(h, w)
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        images = F.interpolate(images.permute(0, 3, 1, 2), size=size, mode="area").permute(0, 2, 3, 1)
+    folder = host.temp_directory()
+    os.makedirs(folder, exist_ok=True)
+    filename = f"lipar_mask_{uuid.uuid4().hex[:16]}.webp"
+    lipar.preview.save_animation(images.clamp(0, 1).cpu(), os.path.join(folder, filename), fps=fps)
+    return {"filename": filename, "subfolder": "", "type": "temp"}
+
+
+def plan_stats(plan) -> dict:
+    stats = plan.stats()
+    stats["latent_frames"] = plan.frames
+    stats["tokens_per_frame"] = plan.tokens_per_frame
+    return stats
+
+
+class LatentInterFramePruner:
+    DESCRIPTION = (
+        "LIPAR pruning: finds the latent patches (16x2x2 tokens) of a VAE-encoded video that barely change from "
+        "the previous frame and from what the KV cache holds, and marks them to be skipped by the Self-Forcing "
+        "Causal Sampler. The plan travels inside the LATENT. Shows the mask (pruned patches tinted blue) and the "
+        "pruned fraction per frame; tune the thresholds while watching it.")
+    CATEGORY = CATEGORY
+    FUNCTION = "prune"
+    OUTPUT_NODE = True   # can be run alone ("queue selected output nodes") to tune the thresholds
+    RETURN_TYPES = ("LATENT", "IMAGE")
+    RETURN_NAMES = ("latent", "mask_preview")
+    OUTPUT_TOOLTIPS = (
+        "The same latent with the pruning plan attached; connect it to the Self-Forcing Causal Sampler.",
+        "The pruning mask: the source frames with pruned patches tinted blue (or the masks alone, kept white, "
+        "pruned dark blue, one per latent frame, when no images are connected).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "latent": ("LATENT", {"tooltip": "The source video encoded by the Wan2.1 VAE (VAE Encode): [B, 16, T, H, W]."}),
+                "threshold": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 10.0, "step": 0.005, "tooltip":
+                    "A patch is a pruning candidate when its mean absolute change from the previous frame (normalised "
+                    "latent, per element) is below this (paper Eq. 1; 0.15). Higher prunes more; 0 prunes nothing."}),
+                "anchor_threshold": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 10.0, "step": 0.005, "tooltip":
+                    "A candidate is pruned only if it is also this close to the latest kept patch at its location in an "
+                    "earlier chunk, whose clean key/value the KV cache holds (noise-aware constraint, paper Eq. 5; 0.3)."}),
+                "chunk_frames": ("INT", {"default": 3, "min": 1, "max": 64, "tooltip":
+                    "Latent frames per causal chunk; must equal the sampler's chunk frames (Self-Forcing: 3). The "
+                    "latent's frame count must be a multiple of it."}),
+                "trim_outliers": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip":
+                    "Fraction of the largest per-element differences of a patch ignored in the distance (0 = plain "
+                    "mean). Makes pruning robust to a few noisy latent values."}),
+                "smooth": ("INT", {"default": 1, "min": 1, "max": 15, "step": 2, "tooltip":
+                    "Odd box-filter size applied to the difference maps before thresholding (1 = off)."}),
+                "open_pruned": ("INT", {"default": 0, "min": 0, "max": 8, "tooltip":
+                    "Radius of a morphological opening of the pruned region: removes isolated pruned specks (0 = off)."}),
+                "dilate_kept": ("INT", {"default": 1, "min": 0, "max": 8, "tooltip":
+                    "Radius by which kept (moving) regions grow, so moving edges stay computed (0 = off)."}),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip":
+                    "Optional: the source frames that were VAE-encoded (4*(T-1)+1 frames); the mask preview is drawn "
+                    "over them."}),
+            },
+        }
+
+    def prune(self, latent, threshold, anchor_threshold, chunk_frames, trim_outliers, smooth, open_pruned,
+              dilate_kept, images=None):
+        samples = latent_samples(latent)
+        if latent.get(PENDING_KEY):
+            raise ValueError("This latent is the output of a pruned Self-Forcing run and still needs Token Restore; "
+                             "prune the VAE-encoded source latent instead.")
+        config = lipar.PlanConfig(threshold=float(threshold), anchor_threshold=float(anchor_threshold),
+                                  chunk_frames=int(chunk_frames), trim_outliers=float(trim_outliers),
+                                  smooth=int(smooth), open_pruned=int(open_pruned), dilate_kept=int(dilate_kept))
+        with user_errors(), torch.no_grad():
+            config.validate()
+            lipar.validate.check_latent(samples, chunk_frames=config.chunk_frames, what="latent to prune")
+            normalized = lipar.latents.normalize_wan21(samples.float())
+            plan = lipar.build_plan(normalized, config)
+            preview = lipar.preview.mask_preview(plan, images)
+
+        out = dict(latent)
+        out[PLAN_KEY] = plan
+        stats = plan_stats(plan)
+        with_frames = images is not None
+        ui_image = write_preview(preview, VIDEO_FPS if with_frames and preview.shape[0] > plan.frames else LATENT_FPS)
+        kept = stats["tokens_kept"]
+        print(f"[LIPAR] pruner: {stats['prune_ratio'] * 100:.1f}% of tokens pruned "
+              f"(kept {kept} of {stats['tokens_total']} per sample; {plan.frames} latent frames, "
+              f"chunks of {config.chunk_frames})")
+        return {"ui": {"images": [ui_image], "animated": (True,), "lipar_stats": [stats]},
+                "result": (out, preview)}
