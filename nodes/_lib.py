@@ -47,6 +47,7 @@ import lipar.causal  # noqa: E402
 import lipar.latents  # noqa: E402
 import lipar.loading  # noqa: E402
 import lipar.preview  # noqa: E402
+import lipar.recovery  # noqa: E402
 import lipar.schedule  # noqa: E402
 import lipar.validate  # noqa: E402
 

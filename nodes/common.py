@@ -108,3 +108,46 @@ def model_device(model: Any, module: torch.nn.Module) -> torch.device:
     if dev is None:
         dev = next(module.parameters()).device
     return torch.device(dev)
+
+
+class _PatchEmbeddingInWeightDtype(torch.nn.Module):
+    """Calls a patch-embedding conv with its input in the conv's weight dtype and returns the compute dtype.
+
+    ComfyUI's ``WanModel`` keeps ``patch_embedding`` in float32 whatever the model dtype (its
+    forward calls ``patch_embedding(x.float())``); fed a bf16/fp16 input without manual casting
+    the conv fails with "Input type ... and bias type ... should be the same". The conv's
+    parameters are shared, not copied, so the model is untouched.
+    """
+
+    def __init__(self, conv: torch.nn.Module):
+        super().__init__()
+        for name, param in conv.named_parameters(recurse=False):
+            self.register_parameter(name, param)     # same Parameter objects: keeps Wan's names
+        object.__setattr__(self, "_conv", conv)     # not registered: no duplicate parameters
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv(x.to(self._conv.weight.dtype)).to(x.dtype)
+
+
+class _WanView(torch.nn.Module):
+    """The same Wan submodules under a new parent, with the patch embedding wrapped."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        for name, child in module.named_children():
+            if name != "patch_embedding":
+                self.add_module(name, child)
+        self.patch_embedding = _PatchEmbeddingInWeightDtype(module.patch_embedding)
+        for attr in ("text_len", "config", "dtype"):
+            if hasattr(module, attr) and not hasattr(self, attr):
+                object.__setattr__(self, attr, getattr(module, attr))
+
+
+def wan_for_compute(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module``, or a non-mutating view of it whose patch embedding accepts ``dtype`` inputs
+    when its weights are stored in another dtype (ComfyUI's float32 patch embedding)."""
+    pe = getattr(module, "patch_embedding", None)
+    weight = getattr(pe, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dtype != dtype:
+        return _WanView(module)
+    return module

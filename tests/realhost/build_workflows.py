@@ -1,0 +1,266 @@
+"""Regenerate the example workflows in workflows/ (UI format and API format).
+
+One graph description per workflow gives both files, so the UI version (opened in the
+ComfyUI front end) and the API version (posted to /prompt) cannot drift apart. The
+CI tier (tests/test_workflows.py) checks the committed files against the pack's
+INPUT_TYPES and the core-node fixture; the real-host tier opens the UI files in the
+real front end and compares its own API conversion with the API files.
+
+usage: python tests/realhost/build_workflows.py [--check]
+  --check: exit 1 if a committed file differs from what this script writes
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OUT = os.path.join(ROOT, "workflows")
+
+HF = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+VAE_FILE = "wan_2.1_vae.safetensors"
+TE_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+DIT_FILE = "self_forcing_dmd.safetensors"
+INPUT_VIDEO = "lipar_input.mp4"
+PROMPT = ("A corgi running along a sunny beach, waves rolling in, photorealistic, "
+          "smooth camera motion, high detail")
+
+NOTE = f"""## LIPAR video edit (Self-Forcing, Wan2.1-T2V-1.3B)
+
+**Models** (see workflows/README.md of the pack):
+- `models/diffusion_models/{DIT_FILE}`: convert the official `self_forcing_dmd.pt` (Hugging Face `gdhe17/Self-Forcing`, `checkpoints/`) with `python -m lipar convert self_forcing_dmd.pt {DIT_FILE}`, or load the `.pt` with the **Load Self-Forcing Checkpoint** node instead of Load Diffusion Model.
+- `models/vae/{VAE_FILE}` and `models/text_encoders/{TE_FILE}` from Comfy-Org/Wan_2.1_ComfyUI_repackaged.
+
+**Input video**: 832x480 (any size divisible by 16) with 9, 21, 33, ..., 81 frames (4k+1 frames whose latent length k+1 is a multiple of 3). Upload it in Load Video.
+
+**Tuning**: raise `threshold` to prune more (faster, riskier), watch the mask preview on the pruner (white = computed, dark = skipped). The sampler reports seconds, FPS and the speed-up over the last unpruned run (baseline_video_edit) in this browser session.
+"""
+
+
+@dataclass
+class N:
+    id: int
+    type: str
+    pos: tuple[float, float]
+    size: tuple[float, float]
+    sockets: list[tuple[str, str]] = field(default_factory=list)          # (name, type) link inputs
+    optional_sockets: list[tuple[str, str]] = field(default_factory=list)
+    widgets: list[tuple[str, object]] = field(default_factory=list)       # (input name, value); None name = UI-only value
+    outputs: list[tuple[str, str]] = field(default_factory=list)
+    title: str | None = None
+    properties: dict = field(default_factory=dict)
+    virtual: bool = False                                                  # front-end only (notes)
+
+
+def _models(name: str, url: str, directory: str) -> dict:
+    return {"models": [{"name": name, "url": url, "directory": directory}]}
+
+
+def build(lipar: bool) -> tuple[list[N], list[tuple[int, int, int, str, str]], list[tuple[str, list[int]]]]:
+    """Nodes, links (from_id, from_slot, to_id, to_input_name, type) and groups of one workflow."""
+    nodes = [
+        N(1, "LoadVideo", (0, 0), (320, 440), widgets=[("file", INPUT_VIDEO), (None, "image")],
+          outputs=[("VIDEO", "VIDEO")]),
+        N(2, "GetVideoComponents", (380, 0), (240, 70), sockets=[("video", "VIDEO")],
+          outputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
+        N(3, "VAELoader", (0, 500), (320, 60), widgets=[("vae_name", VAE_FILE)], outputs=[("VAE", "VAE")],
+          properties=_models(VAE_FILE, f"{HF}/vae/{VAE_FILE}", "vae")),
+        N(4, "VAEEncode", (380, 140), (240, 50), sockets=[("pixels", "IMAGE"), ("vae", "VAE")],
+          outputs=[("LATENT", "LATENT")]),
+        N(6, "UNETLoader", (0, 640), (320, 82), widgets=[("unet_name", DIT_FILE), ("weight_dtype", "default")],
+          outputs=[("MODEL", "MODEL")]),
+        N(8, "CLIPLoader", (0, 780), (320, 106), widgets=[("clip_name", TE_FILE), ("type", "wan"), ("device", "default")],
+          outputs=[("CLIP", "CLIP")], properties=_models(TE_FILE, f"{HF}/text_encoders/{TE_FILE}", "text_encoders")),
+        N(9, "CLIPTextEncode", (380, 780), (400, 200), sockets=[("clip", "CLIP")], widgets=[("text", PROMPT)],
+          outputs=[("CONDITIONING", "CONDITIONING")]),
+        N(10, "LIPAR_SelfForcingSampler", (1240, 0), (340, 330),
+          sockets=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT")],
+          widgets=[("seed", 42), (None, "fixed"), ("steps", "400,350,250"), ("shift", 5.0), ("chunk_frames", 3),
+                   ("mode", "edit")],
+          outputs=[("latent", "LATENT")]),
+        N(13, "VAEDecode", (1640, 120), (240, 50), sockets=[("samples", "LATENT"), ("vae", "VAE")],
+          outputs=[("IMAGE", "IMAGE")]),
+        N(14, "CreateVideo", (1940, 0), (270, 80), sockets=[("images", "IMAGE")], optional_sockets=[("audio", "AUDIO")],
+          widgets=[("fps", 16.0)], outputs=[("VIDEO", "VIDEO")]),
+        N(15, "SaveVideo", (1940, 140), (440, 500), sockets=[("video", "VIDEO")],
+          widgets=[("filename_prefix", "video/lipar_edit" if lipar else "video/baseline_edit"), ("format", "auto"),
+                   ("codec", "auto")]),
+        N(16, "MarkdownNote", (-480, 0), (420, 620), widgets=[(None, NOTE if lipar else NOTE.replace(
+            "## LIPAR video edit", "## Baseline (unpruned) video edit").replace(
+            "**Tuning**", "This is the A/B reference: the same graph without pruning, attention recovery and token "
+            "restore. Run it first, then lipar_video_edit, to see the speed-up on the sampler.\n\n**Tuning** (in "
+            "lipar_video_edit)"))], title="Read me", virtual=True),
+    ]
+    links = [
+        (1, 0, 2, "video", "VIDEO"),
+        (2, 0, 4, "pixels", "IMAGE"),
+        (3, 0, 4, "vae", "VAE"),
+        (8, 0, 9, "clip", "CLIP"),
+        (9, 0, 10, "positive", "CONDITIONING"),
+        (3, 0, 13, "vae", "VAE"),
+        (13, 0, 14, "images", "IMAGE"),
+        (2, 2, 14, "fps", "FLOAT"),
+        (14, 0, 15, "video", "VIDEO"),
+    ]
+    if lipar:
+        nodes += [
+            N(5, "LIPAR_LatentInterFramePruner", (700, 0), (380, 600),
+              sockets=[("latent", "LATENT")], optional_sockets=[("images", "IMAGE")],
+              widgets=[("threshold", 0.15), ("anchor_threshold", 0.3), ("chunk_frames", 3), ("trim_outliers", 0.0),
+                       ("smooth", 1), ("open_pruned", 0), ("dilate_kept", 1)],
+              outputs=[("latent", "LATENT"), ("mask_preview", "IMAGE")]),
+            N(7, "LIPAR_AttentionRecoveryPatch", (380, 640), (320, 110), sockets=[("model", "MODEL")],
+              widgets=[("recovery", "noise_aware"), ("recovery_form", "exact"), ("attention_backend", "auto")],
+              outputs=[("model", "MODEL")]),
+            N(11, "LIPAR_TokenRestore", (1640, 0), (240, 50), sockets=[("latent", "LATENT")],
+              outputs=[("latent", "LATENT")]),
+            N(12, "PreviewImage", (1120, 380), (460, 420), sockets=[("images", "IMAGE")], title="Pruning mask (per frame)"),
+        ]
+        links += [
+            (4, 0, 5, "latent", "LATENT"),
+            (2, 0, 5, "images", "IMAGE"),
+            (6, 0, 7, "model", "MODEL"),
+            (7, 0, 10, "model", "MODEL"),
+            (5, 0, 10, "latent", "LATENT"),
+            (10, 0, 11, "latent", "LATENT"),
+            (11, 0, 13, "samples", "LATENT"),
+            (5, 1, 12, "images", "IMAGE"),
+        ]
+        groups = [("1 · Source video", [1, 2, 3, 4]), ("2 · Models and prompt", [6, 7, 8, 9]),
+                  ("3 · LIPAR: prune, sample, restore", [5, 10, 11, 12]), ("4 · Output video", [13, 14, 15])]
+    else:
+        # the baseline keeps LIPAR's sampler position but has no pruner, patch or restore
+        links += [
+            (6, 0, 10, "model", "MODEL"),
+            (4, 0, 10, "latent", "LATENT"),
+            (10, 0, 13, "samples", "LATENT"),
+        ]
+        groups = [("1 · Source video", [1, 2, 3, 4]), ("2 · Models and prompt", [6, 8, 9]),
+                  ("3 · Self-Forcing sampler (unpruned)", [10]), ("4 · Output video", [13, 14, 15])]
+    nodes.sort(key=lambda n: n.id)
+    return nodes, links, groups
+
+
+def _order(nodes: list[N], links) -> dict[int, int]:
+    deps = {n.id: set() for n in nodes}
+    for a, _, b, _, _ in links:
+        deps[b].add(a)
+    order, done = {}, set()
+    while len(done) < len(nodes):
+        ready = sorted(i for i in deps if i not in done and deps[i] <= done)
+        for i in ready:
+            order[i] = len(order)
+            done.add(i)
+    return order
+
+
+def ui_workflow(name: str, lipar: bool) -> dict:
+    nodes, links, groups = build(lipar)
+    byid = {n.id: n for n in nodes}
+    order = _order(nodes, links)
+    ui_links = []
+    in_link: dict[tuple[int, str], int] = {}
+    out_links: dict[tuple[int, int], list[int]] = {}
+    for i, (a, sa, b, inp, typ) in enumerate(links, start=1):
+        in_link[(b, inp)] = i
+        out_links.setdefault((a, sa), []).append(i)
+    out_nodes = []
+    for n in nodes:
+        inputs = [{"name": s, "type": t, "link": in_link.get((n.id, s))} for s, t in n.sockets]
+        inputs += [{"name": s, "shape": 7, "type": t, "link": in_link.get((n.id, s))} for s, t in n.optional_sockets]
+        for w, _ in n.widgets:   # widgets driven by a link become widget inputs
+            if w is not None and (n.id, w) in in_link:
+                t = next(typ for a, sa, b, inp, typ in links if b == n.id and inp == w)
+                inputs.append({"name": w, "type": t, "widget": {"name": w}, "link": in_link[(n.id, w)]})
+        outputs = [{"name": o, "type": t, "slot_index": k, "links": out_links.get((n.id, k), [])}
+                   for k, (o, t) in enumerate(n.outputs)]
+        d = {"id": n.id, "type": n.type, "pos": list(n.pos), "size": list(n.size), "flags": {},
+             "order": order[n.id], "mode": 0, "inputs": inputs, "outputs": outputs}
+        if n.title:
+            d["title"] = n.title
+        d["properties"] = ({} if n.virtual else {"Node name for S&R": n.type}) | n.properties
+        d["widgets_values"] = [v for _, v in n.widgets]
+        out_nodes.append(d)
+    for i, (a, sa, b, inp, typ) in enumerate(links, start=1):
+        slot = next(k for k, x in enumerate(next(o for o in out_nodes if o["id"] == b)["inputs"]) if x["name"] == inp)
+        ui_links.append([i, a, sa, b, slot, typ])
+    ui_groups = []
+    for gi, (title, members) in enumerate(groups, start=1):
+        x0 = min(byid[m].pos[0] for m in members) - 20
+        y0 = min(byid[m].pos[1] for m in members) - 70
+        x1 = max(byid[m].pos[0] + byid[m].size[0] for m in members) + 20
+        y1 = max(byid[m].pos[1] + byid[m].size[1] for m in members) + 20
+        ui_groups.append({"id": gi, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                          "color": "#3f789e" if gi != 3 else "#8a5a9e", "font_size": 24, "flags": {}})
+    uid = {"lipar_video_edit": "6c1d7f0e-4a1b-4c55-9d2e-11a1b2c3d401",
+           "baseline_video_edit": "6c1d7f0e-4a1b-4c55-9d2e-11a1b2c3d402"}[name]
+    return {"id": uid, "revision": 0, "last_node_id": max(n.id for n in nodes), "last_link_id": len(links),
+            "nodes": out_nodes, "links": ui_links, "groups": ui_groups, "config": {},
+            "extra": {"ds": {"scale": 0.55, "offset": [520, 140]}}, "version": 0.4}
+
+
+def api_workflow(lipar: bool) -> dict:
+    nodes, links, _ = build(lipar)
+    src = {(b, inp): [str(a), sa] for a, sa, b, inp, _ in links}
+    out = {}
+    for n in nodes:
+        if n.virtual:
+            continue
+        inputs = {}
+        names = [s for s, _ in n.sockets] + [w for w, _ in n.widgets if w is not None] + [s for s, _ in n.optional_sockets]
+        vals = {w: v for w, v in n.widgets if w is not None}
+        for nm in names:
+            if (n.id, nm) in src:
+                inputs[nm] = src[(n.id, nm)]
+            elif nm in vals:
+                inputs[nm] = vals[nm]
+        out[str(n.id)] = {"inputs": inputs, "class_type": n.type, "_meta": {"title": n.title or DISPLAY.get(n.type, n.type)}}
+    return out
+
+
+DISPLAY = {
+    "LoadVideo": "Load Video", "GetVideoComponents": "Get Video Components", "VAELoader": "Load VAE",
+    "VAEEncode": "VAE Encode", "VAEDecode": "VAE Decode", "UNETLoader": "Load Diffusion Model",
+    "CLIPLoader": "Load CLIP", "CLIPTextEncode": "CLIP Text Encode (Prompt)", "CreateVideo": "Create Video",
+    "SaveVideo": "Save Video", "PreviewImage": "Preview Image",
+    "LIPAR_LatentInterFramePruner": "Latent Inter-Frame Pruner",
+    "LIPAR_AttentionRecoveryPatch": "Attention Recovery Patch",
+    "LIPAR_SelfForcingSampler": "Self-Forcing Causal Sampler", "LIPAR_TokenRestore": "Token Restore",
+}
+
+FILES = {
+    "lipar_video_edit.json": lambda: ui_workflow("lipar_video_edit", True),
+    "baseline_video_edit.json": lambda: ui_workflow("baseline_video_edit", False),
+    "api/lipar_video_edit_api.json": lambda: api_workflow(True),
+    "api/baseline_video_edit_api.json": lambda: api_workflow(False),
+}
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    check = "--check" in sys.argv
+    bad = []
+    for rel, make in FILES.items():
+        path = os.path.join(OUT, rel)
+        text = dumps(make())
+        if check:
+            if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
+                bad.append(rel)
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        print("wrote", os.path.relpath(path, ROOT))
+    if bad:
+        print("out of date:", ", ".join(bad))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

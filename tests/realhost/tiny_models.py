@@ -1,0 +1,149 @@
+"""Small random-weight models of the real architectures, and a test clip, for the real-host tier.
+
+Run inside ComfyUI's Python (the VAE's key set comes from ComfyUI's own ``WanVAE`` class;
+the clip is written with PyAV, a ComfyUI requirement). Nothing here is committed output:
+every file is written at test time into a temporary directory.
+
+* ``tiny_wan_state_dict``: a Wan2.1-T2V DiT built by lipar (``lipar.build_model``) with
+  every parameter perturbed, so a norm weight or bias that one implementation forgets
+  shows up. ComfyUI's detection derives heads = dim / 128, so dim is a multiple of 128.
+* ``tiny_wan_vae_state_dict``: a Wan2.1 VAE with base width ``dim`` (the real one has 96).
+* ``write_clip``: an H.264 mp4 with a static textured background and a moving square, so
+  the pruner has both static (prunable) and moving (kept) patches.
+* ``write_conditioning_shard``: a CONDITIONING for ComfyUI's core ``LoadTrainingDataset``
+  node (umt5-xxl-shaped: [1, 512, 4096], zero rows after the "tokens", like the real encoder).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def comfy_preamble(comfy_dir: str) -> None:
+    """Make ComfyUI importable as a library on CPU (it parses sys.argv only when asked)."""
+    sys.argv = [sys.argv[0], "--cpu"]
+    if comfy_dir not in sys.path:
+        sys.path.insert(0, comfy_dir)
+    import comfy.options
+    comfy.options.enable_args_parsing()
+
+
+def import_lipar():
+    if ROOT not in sys.path:
+        sys.path.append(ROOT)
+    import lipar
+    return lipar
+
+
+def tiny_wan_state_dict(dim: int = 128, layers: int = 2, ffn: int = 256, seed: int = 0):
+    import torch
+
+    lipar = import_lipar()
+    cfg = lipar.WanConfig(dim=dim, ffn_dim=ffn, num_layers=layers, num_heads=dim // 128)
+    model = lipar.build_model(cfg, seed=seed, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed + 1)
+    sd = {}
+    for k, v in model.state_dict().items():
+        noise = torch.randn(v.shape, generator=g)
+        if k.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight")):
+            v = 1.0 + 0.1 * noise         # norm gains near 1, not exactly 1
+        elif k.endswith("bias"):
+            v = v + 0.05 * noise
+        else:
+            v = v + 0.02 * noise
+        sd[k] = v.contiguous()
+    return sd
+
+
+def write_tiny_wan(path: str, **kw) -> dict:
+    from safetensors.torch import save_file
+    sd = tiny_wan_state_dict(**kw)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file(sd, path)
+    return sd
+
+
+def write_official_layout_pt(path: str, sd: dict) -> None:
+    """The official Self-Forcing checkpoint layout: {'generator_ema': {'model.<name>': tensor}, 'generator': ...}."""
+    import torch
+    prefixed = {f"model.{k}": v for k, v in sd.items()}
+    torch.save({"generator_ema": prefixed, "generator": prefixed}, path)
+
+
+def tiny_wan_vae_state_dict(dim: int = 8, seed: int = 0):
+    import torch
+    import comfy.ldm.wan.vae as wan_vae
+
+    g = torch.Generator().manual_seed(seed)
+    # ComfyUI's loader hard-codes everything but the base width (comfy/sd.py); build the same tree
+    net = wan_vae.WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                         temperal_downsample=[False, True, True], image_channels=3, dropout=0.0)
+    sd = {}
+    for k, v in net.state_dict().items():
+        if k.endswith("gamma"):
+            t = torch.ones(v.shape)
+        elif k.endswith("bias"):
+            t = torch.zeros(v.shape)
+        else:
+            fan_in = max(1, v[0].numel())
+            t = torch.randn(v.shape, generator=g) / fan_in ** 0.5
+        sd[k] = t.float().contiguous()
+    return sd
+
+
+def write_tiny_wan_vae(path: str, dim: int = 8) -> None:
+    from safetensors.torch import save_file
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file(tiny_wan_vae_state_dict(dim), path)
+
+
+def clip_frames(frames: int = 21, width: int = 128, height: int = 96):
+    """uint8 [frames, height, width, 3]: static textured background, a square moving right."""
+    import numpy as np
+    yy, xx = np.mgrid[0:height, 0:width]
+    bg = np.stack([(xx * 2) % 256, (yy * 3) % 256, ((xx + yy) * 5) % 256], -1).astype(np.uint8)
+    out = []
+    for i in range(frames):
+        a = bg.copy()
+        x0 = 8 + i * 3
+        a[32:64, x0:x0 + 24] = (255, 255, 0)
+        out.append(a)
+    return np.stack(out)
+
+
+def write_clip(path: str, frames: int = 21, width: int = 128, height: int = 96, fps: int = 16) -> None:
+    import av
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    c = av.open(path, mode="w")
+    s = c.add_stream("libx264", rate=fps)
+    s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+    s.options = {"crf": "12"}
+    for a in clip_frames(frames, width, height):
+        for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+
+
+def probe_video(path: str) -> dict:
+    import av
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+        return {"frames": n, "width": s.codec_context.width, "height": s.codec_context.height,
+                "codec": s.codec_context.name}
+
+
+def write_conditioning_shard(output_dir: str, folder: str = "lipar_cond", tokens: int = 12, seed: int = 0) -> str:
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.zeros(1, 512, 4096)
+    ctx[:, :tokens] = torch.randn(1, tokens, 4096, generator=g) * 0.1
+    d = os.path.join(output_dir, folder)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "shard_0000.pkl")
+    torch.save({"latents": [{"samples": torch.zeros(1, 16, 1, 8, 8)}], "conditioning": [[[ctx, {}]]]}, path)
+    return path
