@@ -160,11 +160,11 @@ class CausalWan:
         x, e, e0 = self.embed(latent, timestep, layout)
         with sdpa_context(self.backend):
             for i in range(self.cfg.num_layers):
-                q, k, v = self.pre_attention(i, x, e0, layout.cos, layout.sin)
+                q, k, v = self.pre_attention(i, x, e0, layout.rope)
                 x = self.post_attention(i, x, self.self_attention(i, q, k, v, layout), e0)
         return self.unpatchify(self.head(x, e), layout, latent.shape[0])
 
-    def pre_attention(self, i: int, x: torch.Tensor, e0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def pre_attention(self, i: int, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor):
         """Block i up to self-attention: RoPE'd q, k and v, each [B, N, H, D]."""
         cfg = self.cfg
         b, n, _ = x.shape
@@ -172,9 +172,9 @@ class CausalWan:
         blk = self.module.blocks[i]
         mod = (self._mods[i].to(self.device, self.dtype).unsqueeze(0) + e0).unbind(2)  # 6 x [B, 1|N, dim]
         sa = blk.self_attn
-        y = blk.norm1(x) * (1 + mod[1]) + mod[0]
-        q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), cos, sin)
-        k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), cos, sin)
+        y = torch.addcmul(mod[0], blk.norm1(x), 1 + mod[1])
+        q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), rope)
+        k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), rope)
         return q, k, sa.v(y).view(b, n, h, hd)
 
     def self_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
@@ -190,18 +190,18 @@ class CausalWan:
         b, n, _ = x.shape
         blk = self.module.blocks[i]
         mod = (self._mods[i].to(self.device, self.dtype).unsqueeze(0) + e0).unbind(2)
-        x = x + blk.self_attn.o(a.flatten(2)) * mod[2]
+        x = torch.addcmul(x, blk.self_attn.o(a.flatten(2)), mod[2])
         ca = blk.cross_attn
         qc = ca.norm_q(ca.q(blk.norm3(x))).view(b, n, cfg.num_heads, cfg.head_dim)
         x = x + ca.o(attention(qc, self.text_k[i], self.text_v[i], backend=self.backend).flatten(2))
-        y = blk.norm2(x) * (1 + mod[4]) + mod[3]
-        return x + blk.ffn(y) * mod[5]
+        y = torch.addcmul(mod[3], blk.norm2(x), 1 + mod[4])
+        return torch.addcmul(x, blk.ffn(y), mod[5])
 
     def head(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """Output head: [B, N, dim] -> [B, N, 4 * out_dim]."""
         head = self.module.head
         hm = (self._head_mod.to(self.device, self.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # 2 x [B, *, dim]
-        return head.head(head.norm(x) * (1 + hm[1]) + hm[0])
+        return head.head(torch.addcmul(hm[0], head.norm(x), 1 + hm[1]))
 
     def unpatchify(self, out: torch.Tensor, lay: ChunkLayout, b: int) -> torch.Tensor:
         """[B, Nk, 4*C] token predictions -> [B, C, F, H, W] (zeros at pruned positions)."""

@@ -56,8 +56,7 @@ class _GraphSet:
     x: torch.Tensor            # [1, N, dim]
     e: torch.Tensor            # [1, 1, dim]
     e0: torch.Tensor           # [1, 1, 6, dim]
-    cos: torch.Tensor          # [N, D/2]
-    sin: torch.Tensor
+    rope: torch.Tensor         # [N, D/2] complex
     q: torch.Tensor            # [1, N, H, D]
     k: torch.Tensor
     v: torch.Tensor
@@ -135,8 +134,7 @@ class GraphedCausalWan(CausalWan):
         gs.x[:, n:] = 0
         gs.e.copy_(e)
         gs.e0.copy_(e0)
-        gs.cos[:n] = layout.cos
-        gs.sin[:n] = layout.sin
+        gs.rope[:n] = layout.rope
         with sdpa_context(self.backend):
             gs.graphs[0].replay()
             for i in range(self.cfg.num_layers):
@@ -161,8 +159,7 @@ class GraphedCausalWan(CausalWan):
             x=torch.zeros(1, n, cfg.dim, device=dev, dtype=dt),
             e=torch.zeros(1, 1, cfg.dim, device=dev, dtype=dt),
             e0=torch.zeros(1, 1, 6, cfg.dim, device=dev, dtype=dt),
-            cos=torch.ones(n, hd // 2, device=dev, dtype=torch.float32),
-            sin=torch.zeros(n, hd // 2, device=dev, dtype=torch.float32),
+            rope=torch.ones(n, hd // 2, device=dev, dtype=torch.complex64),
             q=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
             k=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
             v=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
@@ -192,7 +189,7 @@ class GraphedCausalWan(CausalWan):
         if j > 0:
             gs.x.copy_(self.post_attention(j - 1, gs.x, gs.attn, gs.e0))
         if j < self.cfg.num_layers:
-            q, k, v = self.pre_attention(j, gs.x, gs.e0, gs.cos, gs.sin)
+            q, k, v = self.pre_attention(j, gs.x, gs.e0, gs.rope)
             gs.q.copy_(q)
             gs.k.copy_(k)
             gs.v.copy_(v)

@@ -78,8 +78,8 @@ class WanDiT(nn.Module):
 def build_model(cfg: WanConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                 device: str | torch.device = "cpu") -> WanDiT:
     """A randomly initialised model of the given config (deterministic for a seed)."""
-    device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+    # Initialised on the CPU so a seed gives the same weights on every device.
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = WanDiT(cfg)
-    return model.to(dtype=dtype).eval().requires_grad_(False)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -38,7 +38,7 @@ from lipar.attention import write_folded_bias
 from lipar.config import WanConfig
 from lipar.errors import LiparError
 from lipar.plan import PruningPlan
-from lipar.rope import apply_rope, cos_sin, frame_shift_angles, rope_angles, token_positions
+from lipar.rope import apply_rope, frame_shift_angles, rope_angles, rope_table, token_positions
 
 RECOVERY_MODES = ("none", "m_degree", "noise_aware")
 RECOVERY_FORMS = ("exact", "compressed")
@@ -63,11 +63,9 @@ class ChunkLayout:
     num_kept: int                         # Nk
     kept_idx: torch.Tensor | None         # [Nk] flat index into the chunk's F*Hp*Wp grid; None = all
     token_frame: torch.Tensor             # [Nk] local frame of each kept token
-    cos: torch.Tensor                     # [Nk, D/2] RoPE of kept tokens (float32)
-    sin: torch.Tensor
+    rope: torch.Tensor                    # [Nk, D/2] complex RoPE rotations of kept tokens
     dup_src: torch.Tensor | None = None   # [Nd] key-buffer index of each duplicate's stand-in
-    dup_cos: torch.Tensor | None = None   # [Nd, D/2] frame-axis rotation of the duplicate
-    dup_sin: torch.Tensor | None = None
+    dup_rope: torch.Tensor | None = None  # [Nd, D/2] complex frame-axis rotation of the duplicate
     key_bias: torch.Tensor | None = None  # [L_c + Nk] log-multiplicity per key (compressed form)
 
     @property
@@ -105,9 +103,8 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
         local_frame = torch.arange(chunk_frames, device=device).repeat_interleave(hw)
         for c in range(n_chunks):
             pos = pos_all[c * n:(c + 1) * n]
-            cos, sin = cos_sin(rope_angles(pos, cfg), dtype)
             layouts.append(ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), c * n, n, None,
-                                       local_frame, cos, sin))
+                                       local_frame, rope_table(rope_angles(pos, cfg), dtype)))
         return layouts
 
     if plan.batch != 1:
@@ -127,9 +124,8 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
         g0, g1 = c * chunk_frames * hw, (c + 1) * chunk_frames * hw
         kept_idx = torch.nonzero(keep[g0:g1]).squeeze(1)
         pos = pos_all[g0:g1][kept_idx]
-        cos, sin = cos_sin(rope_angles(pos, cfg), dtype)
         lay = ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), offsets[c], counts[c], kept_idx,
-                          kept_idx // hw, cos, sin)
+                          kept_idx // hw, rope_table(rope_angles(pos, cfg), dtype))
         if mode != "none":
             pruned = torch.nonzero(~keep[:g1]).squeeze(1)        # all pruned tokens visible to chunk c
             in_chunk = pruned >= g0
@@ -140,7 +136,7 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
             delta = frame_of[pruned] - stand_frame
             if form == "exact":
                 lay.dup_src = stand_pos
-                lay.dup_cos, lay.dup_sin = cos_sin(frame_shift_angles(delta, cfg), dtype)
+                lay.dup_rope = rope_table(frame_shift_angles(delta, cfg), dtype)
             else:
                 m = torch.bincount(stand_pos, minlength=offsets[c + 1])
                 lay.key_bias = torch.log1p(m.to(dtype))
@@ -162,7 +158,7 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
     kb[:, c0:c1, :, :d] = k
     vb[:, c0:c1, :, :d] = v
     if lay.num_dups:
-        kb[:, c1:lay.key_len, :, :d] = apply_rope(kb[:, lay.dup_src, :, :d], lay.dup_cos, lay.dup_sin)
+        kb[:, c1:lay.key_len, :, :d] = apply_rope(kb[:, lay.dup_src, :, :d], lay.dup_rope)
         vb[:, c1:lay.key_len, :, :d] = vb[:, lay.dup_src, :, :d]
     if kb.shape[-1] != d and lay.key_bias is not None:     # folded layout: bias channel
         write_folded_bias(kb, lay.key_bias, d)

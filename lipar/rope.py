@@ -33,21 +33,21 @@ def frame_shift_angles(delta_frames: torch.Tensor, cfg: WanConfig) -> torch.Tens
     return rope_angles(torch.stack([delta_frames, zeros, zeros], dim=1), cfg)
 
 
-def cos_sin(angles: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+def rope_table(angles: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Unit complex rotations ``e^{i angle}`` [N, D/2]: complex64 for float32 runs, complex128 for float64."""
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of ``x`` [B, N, H, D] by per-token angles.
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs of ``x`` [B, N, H, D] by per-token rotations.
 
-    cos, sin: [N, D/2]. Computed in the tables' dtype (float32, or float64), returned in x's dtype.
+    table: [N, D/2] complex (``rope_table``). Computed in the table's precision (float32 or
+    float64), returned in x's dtype: three kernels (cast, complex multiply, cast back).
     """
     b, n, h, d = x.shape
-    xf = x.to(cos.dtype).view(b, n, h, d // 2, 2)
-    x0, x1 = xf.unbind(-1)
-    c = cos.view(1, n, 1, d // 2)
-    s = sin.view(1, n, 1, d // 2)
-    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).to(x.dtype)
+    real = torch.float64 if table.dtype == torch.complex128 else torch.float32
+    xc = torch.view_as_complex(x.to(real).reshape(b, n, h, d // 2, 2))
+    return torch.view_as_real(xc * table.view(1, n, 1, d // 2)).flatten(-2).to(x.dtype)
 
 
 def token_positions(frames: int, rows: int, cols: int, frame_offset: int = 0, device=None) -> torch.Tensor:

@@ -7,7 +7,7 @@ import lipar
 from lipar.attention import attention
 from lipar.plan import PlanConfig, PruningPlan, derive_frames
 from lipar.recovery import build_layouts, fill_keys
-from lipar.rope import apply_rope, cos_sin, rope_angles, token_positions
+from lipar.rope import apply_rope, rope_angles, rope_table, token_positions
 
 CFG = lipar.TINY
 H, D = CFG.num_heads, CFG.head_dim
@@ -46,8 +46,8 @@ def _duplicated_qkv(plan, standin_frame, seed=0):
 def _full_attention(q, k, v, t, hp, wp, chunk):
     """Exact block-causal attention over all tokens, RoPE at true positions -> [1, N, H, D]."""
     pos = token_positions(t, hp, wp)
-    cos, sin = cos_sin(rope_angles(pos, CFG), torch.float64)
-    qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    rot = rope_table(rope_angles(pos, CFG), torch.float64)
+    qr, kr = apply_rope(q, rot), apply_rope(k, rot)
     chunk_of = pos[:, 0] // chunk
     mask = torch.where(chunk_of[None] <= chunk_of[:, None], 0.0, float("-inf")).double()
     s = torch.einsum("bqhd,bkhd->bhqk", qr, kr) / D**0.5 + mask
@@ -65,8 +65,8 @@ def _recovered(q, k, v, plan, mode, form, chunk=3):
     for lay in lays:
         g0 = lay.frame_start * hp * wp
         idx = g0 + lay.kept_idx
-        qk = apply_rope(q[:, idx], lay.cos, lay.sin)
-        kk = apply_rope(k[:, idx], lay.cos, lay.sin)
+        qk = apply_rope(q[:, idx], lay.rope)
+        kk = apply_rope(k[:, idx], lay.rope)
         keys, values = fill_keys(kb, vb, kk, v[:, idx], lay)
         out = attention(qk, keys, values, key_bias=lay.key_bias, backend="sdpa")
         for j, gi in enumerate(idx.tolist()):
@@ -121,8 +121,8 @@ def test_compressed_form_equals_unrotated_duplicates():
     q, k, v = (torch.randn(1, n, H, D, generator=g, dtype=torch.float64) for _ in range(3))
     rec = _recovered(q, k, v, plan, "m_degree", "compressed")
     pos = token_positions(t, hp, wp)
-    cos, sin = cos_sin(rope_angles(pos, CFG), torch.float64)
-    qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    rot = rope_table(rope_angles(pos, CFG), torch.float64)
+    qr, kr = apply_rope(q, rot), apply_rope(k, rot)
     keepf = plan.keep[0].flatten()
     src = (plan.source_frame[0].flatten() * hp * wp + torch.arange(n) % (hp * wp))
     kr_dup, v_dup = kr[:, src], v[:, src]      # every token replaced by its (kept) source
