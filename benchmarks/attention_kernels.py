@@ -90,7 +90,22 @@ def main():
             except Exception as e:
                 row[name] = None
                 print(name, "failed:", str(e)[:120])
-        if flex is not None:
+        # multiplicities through an extra value channel: q, k stay at 128 channels, v' = [w v, w]
+        w = bias.exp().to(torch.bfloat16).view(1, 1, lk, 1)
+        vw = torch.zeros(1, H, lk, 136, device=dev, dtype=torch.bfloat16)
+        vw[..., :D] = v * w
+        vw[..., D:D + 1] = w
+        for name, backend in (("value_cudnn", SDPBackend.CUDNN_ATTENTION), ("value_efficient", SDPBackend.EFFICIENT_ATTENTION)):
+            try:
+                with sdpa_kernel(backend):
+                    o = F.scaled_dot_product_attention(q, k, vw)
+                    out = o[..., :D] / o[..., D:D + 1]
+                    row[name + "_err"] = ((out.float() - ref).norm() / ref.norm()).item()
+                    row[name] = bench(lambda: F.scaled_dot_product_attention(q, k, vw))
+            except Exception as e:
+                row[name] = None
+                print(name, "failed:", str(e)[:160])
+        if flex is not None and os.environ.get("LIPAR_BENCH_FLEX", "1") == "1":
             try:
                 def score_mod(score, b, h, qi, ki):
                     return score + bias[ki]
@@ -107,8 +122,10 @@ def main():
     os.makedirs("benchmarks/results", exist_ok=True)
     with open("benchmarks/results/attention_kernels.json", "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
-    cols = ["flash", "cudnn", "efficient", "mask_efficient", "mask_cudnn", "fold_flash", "fold_cudnn", "flex", "flex_bias"]
+    cols = ["flash", "cudnn", "efficient", "mask_cudnn", "fold_flash", "fold_cudnn", "value_cudnn", "value_efficient",
+            "flex", "flex_bias"]
     print("ms (TFLOP/s)     " + " ".join(f"{c:>16}" for c in cols))
+    print("rel. errors vs fp32:", [{k: round(v, 4) for k, v in r.items() if k.endswith("_err")} for r in rows[:1]])
     for r in rows:
         cells = []
         for c in cols:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lipar.errors import LiparError
 
 BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
-BIAS_MODES = ("auto", "mask", "fold")
+BIAS_MODES = ("auto", "mask", "fold", "value")
 _NEG = -30000.0  # large enough that exp() underflows to 0, small enough for bf16 keys
 
 
@@ -68,6 +68,14 @@ def sdpa_context(backend: str):
     return sdpa_kernel(order, set_priority=True)
 
 
+def resolve_bias_mode(bias_mode: str, backend: str) -> str:
+    if bias_mode not in BIAS_MODES:
+        raise LiparError(f"Unknown bias mode {bias_mode!r}; choose one of {list(BIAS_MODES)}.")
+    if bias_mode != "auto":
+        return bias_mode
+    return {"sdpa": "mask", "flash_attn": "fold"}.get(backend, "value")
+
+
 def fold_width(d: int) -> int:
     """Channels of a folded key: d + 1 (the bias channel), padded to a multiple of 8."""
     return (d + 1 + 7) // 8 * 8
@@ -102,14 +110,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_bias: to
     key_bias: optional ``[B, Lk]`` or ``[Lk]`` float added to every query's score of a key.
     backend: an already-resolved backend ("sdpa" or "flash_attn").
     bias_mode: "mask" passes the bias to SDPA as a broadcast mask; "fold" uses
-    ``fold_key_bias``; "auto" = "mask" for plain sdpa, "fold" for cudnn and flash_attn
-    (measured faster than a mask on cuDNN, and the only way into flash-attn).
+    ``fold_key_bias`` (an extra query/key channel); "value" uses ``attention_weighted``
+    (multiplicities exp(bias) in an extra value channel); "auto" = "mask" for plain sdpa,
+    "fold" for flash_attn and "value" for cudnn (measured fastest there).
     """
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d)
     if key_bias is None:
         return _kernel(q, k, v, scale, backend)
-    mode = bias_mode if bias_mode != "auto" else ("mask" if backend == "sdpa" else "fold")
+    mode = resolve_bias_mode(bias_mode, backend)
+    if mode == "value":
+        return attention_weighted(q, k, v, key_bias.exp().view(-1), backend=backend)
     if mode == "fold":
         qp, kp, vp, scale = fold_key_bias(q, k, v, key_bias)
         return _kernel(qp, kp, vp, scale, backend)[..., :d]
@@ -136,6 +147,27 @@ def attention_folded(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     qp[..., :d] = q
     qp[..., d] = 1.0
     return _kernel(qp, keys, values, 1.0 / math.sqrt(d), backend)[..., :d]
+
+
+def attention_weighted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, *, backend: str,
+                       scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention where key j counts ``weight[j]`` times (a multiplicity; 0 masks it):
+    ``sum_j w_j e^{s_j} v_j / sum_j w_j e^{s_j}``, exactly, with unchanged queries and keys.
+
+    The weights ride in an extra *value* channel: v' = [w v, w], so a plain kernel returns
+    both the weighted numerator and the denominator. q, k: [B, L, H, D]; v: [B, Lk, H, D];
+    weight: [Lk]; scratch: optional [B, >=Lk, H, fold_width(D)] buffer for v'.
+    """
+    b, lk, h, d = v.shape
+    width = fold_width(d)
+    if scratch is None:
+        scratch = v.new_zeros(b, lk, h, width)
+    vp = scratch[:, :lk]
+    w = weight.to(v.dtype).view(1, lk, 1, 1)
+    torch.mul(v, w, out=vp[..., :d])
+    vp[..., d:d + 1] = w
+    o = _kernel(q, k, vp, 1.0 / math.sqrt(d), backend)
+    return o[..., :d] / o[..., d:d + 1]
 
 
 def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int) -> None:

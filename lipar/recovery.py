@@ -67,6 +67,7 @@ class ChunkLayout:
     dup_src: torch.Tensor | None = None   # [Nd] key-buffer index of each duplicate's stand-in
     dup_rope: torch.Tensor | None = None  # [Nd, D/2] complex frame-axis rotation of the duplicate
     key_bias: torch.Tensor | None = None  # [L_c + Nk] log-multiplicity per key (compressed form)
+    key_weight: torch.Tensor | None = None  # [L_c + Nk] multiplicity per key (= exp(key_bias))
 
     @property
     def num_dups(self) -> int:
@@ -139,7 +140,8 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
                 lay.dup_rope = rope_table(frame_shift_angles(delta, cfg), dtype)
             else:
                 m = torch.bincount(stand_pos, minlength=offsets[c + 1])
-                lay.key_bias = torch.log1p(m.to(dtype))
+                lay.key_weight = 1.0 + m.to(dtype)
+                lay.key_bias = torch.log(lay.key_weight)
         layouts.append(lay)
     return layouts
 

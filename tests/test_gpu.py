@@ -44,8 +44,8 @@ def test_fold_and_mask_bias_agree_on_gpu():
         assert _rel(out, ref) < 1e-2, mode
 
 
-@pytest.mark.parametrize("form", ["exact", "compressed"])
-def test_cuda_graph_passes_equal_eager_passes(form):
+@pytest.mark.parametrize("form,bias_mode", [("exact", "auto"), ("compressed", "value"), ("compressed", "fold")])
+def test_cuda_graph_passes_equal_eager_passes(form, bias_mode):
     from lipar.graphs import choose_buckets
 
     clip = make_clip(ClipSpec(latent_frames=9, height=32, width=48, objects=2, object_size=0.3))
@@ -56,7 +56,7 @@ def test_cuda_graph_passes_equal_eager_passes(form):
     for p in (None, plan):
         outs = []
         for graphs in (False, True):
-            cfg = lipar.SamplerConfig(seed=2, recovery_form=form, cuda_graphs=graphs)
+            cfg = lipar.SamplerConfig(seed=2, recovery_form=form, cuda_graphs=graphs, bias_mode=bias_mode)
             outs.append(lipar.sample(model, ctx.cuda(), clip.cuda(), plan=p, config=cfg))
         assert outs[1].info["cuda_graphs"] and not outs[0].info["cuda_graphs"]
         err = _rel(outs[1].latent, outs[0].latent)
