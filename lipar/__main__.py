@@ -17,7 +17,7 @@ def _bench(a: argparse.Namespace) -> int:
                         steps=a.steps, mode=a.mode, clip=a.clip, model=a.model, dtype=a.dtype, compare=a.compare,
                         forms=a.forms, threshold=a.threshold, anchor_threshold=a.anchor_threshold,
                         target_prune=a.target_prune, repeat=a.repeat, seed=a.seed, backend=a.backend,
-                        graphs=a.graphs, modes=a.modes)
+                        graphs=a.graphs, modes=a.modes, bias_mode=a.bias_mode)
     if not a.model:
         print(f"lipar: no --model given: using a randomly initialised {a.config} Wan2.1 model "
               "(real architecture; timings are meaningful, images are not).", file=sys.stderr)
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--backend", default="auto", choices=["auto", "sdpa", "cudnn", "flash_attn"])
     b.add_argument("--graphs", default="auto", choices=["auto", "on", "off"], help="CUDA-graph passes (auto: on CUDA)")
+    b.add_argument("--bias-mode", default="auto", choices=["auto", "mask", "fold", "value"],
+                   help="how compressed recovery's multiplicities reach the attention kernel")
     b.add_argument("--modes", default="none,m_degree,noise_aware", help="recovery modes to compare")
     b.add_argument("--json", action="store_true", help="print one line of JSON")
     b.add_argument("--out", default=None, help="also write the JSON to this file")

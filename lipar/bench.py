@@ -50,6 +50,7 @@ class BenchOptions:
     seed: int = 0
     backend: str = "auto"
     graphs: str = "auto"       # auto | on | off
+    bias_mode: str = "auto"    # auto | mask | fold | value
     modes: str = "none,m_degree,noise_aware"
 
 
@@ -164,7 +165,8 @@ def run_bench(o: BenchOptions) -> dict[str, Any]:
     cfg_model = model.config
     steps = parse_steps(o.steps) if o.steps else None
     graphs = {"auto": None, "on": True, "off": False}[o.graphs]
-    scfg = SamplerConfig(mode=o.mode, steps=steps, seed=o.seed, backend=o.backend, dtype=dtype, cuda_graphs=graphs)
+    scfg = SamplerConfig(mode=o.mode, steps=steps, seed=o.seed, backend=o.backend, dtype=dtype, cuda_graphs=graphs,
+                         bias_mode=o.bias_mode)
     latent = make_clip(ClipSpec(kind=o.clip, latent_frames=t, height=h, width=w, seed=o.seed)).to(device)
     ctx = (0.1 * torch.randn(1, 64, cfg_model.text_dim, generator=torch.Generator().manual_seed(o.seed))).to(device)
     hw = (h // 2) * (w // 2)
@@ -202,6 +204,7 @@ def run_bench(o: BenchOptions) -> dict[str, Any]:
         "model_bytes": model_bytes,
         "working_memory_bytes": base_peak - model_bytes if base_peak else None,
         "attention_backend": base_res.info["backend"],
+        "bias_mode": o.bias_mode,
         "cuda_graphs": base_res.info["cuda_graphs"],
         "cold_seconds": round(cold.seconds, 5),
         "capture_seconds": cold.info["capture_seconds"],
