@@ -7,6 +7,7 @@ Every check raises ``ValueError`` with a message a ComfyUI user can act on; lipa
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any
 
 import torch
@@ -143,11 +144,43 @@ class _WanView(torch.nn.Module):
                 object.__setattr__(self, attr, getattr(module, attr))
 
 
+_VIEWS: "weakref.WeakKeyDictionary[torch.nn.Module, _WanView]" = weakref.WeakKeyDictionary()
+
+
+def _view_is_current(view: _WanView, module: torch.nn.Module) -> bool:
+    """False once the host replaced a submodule or a patch-embedding parameter (e.g. a weight patch)."""
+    children = dict(module.named_children())
+    pe = children.get("patch_embedding")
+    if view.patch_embedding._conv is not pe:
+        return False
+    ours = dict(view.patch_embedding.named_parameters(recurse=False))
+    theirs = dict(pe.named_parameters(recurse=False))
+    if ours.keys() != theirs.keys() or any(ours[k] is not theirs[k] for k in ours):
+        return False
+    return all(getattr(view, name, None) is child for name, child in children.items() if name != "patch_embedding")
+
+
 def wan_for_compute(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """``module``, or a non-mutating view of it whose patch embedding accepts ``dtype`` inputs
-    when its weights are stored in another dtype (ComfyUI's float32 patch embedding)."""
+    when its weights are stored in another dtype (ComfyUI's float32 patch embedding).
+
+    The view is kept per module, so per-model caches keyed by the module tree (lipar's CUDA
+    graphs) survive from one run to the next."""
     pe = getattr(module, "patch_embedding", None)
     weight = getattr(pe, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dtype != dtype:
-        return _WanView(module)
-    return module
+    if not isinstance(weight, torch.Tensor) or weight.dtype == dtype:
+        return module
+    view = _VIEWS.get(module)
+    if view is None or not _view_is_current(view, module):
+        view = _WanView(module)
+        _VIEWS[module] = view
+    return view
+
+
+def cuda_graphs_allowed(model: Any) -> bool | None:
+    """None (lipar's default: CUDA graphs on CUDA devices) unless ComfyUI loaded the model only
+    partly (lowvram): then weights stream in per call, which CUDA graphs cannot capture."""
+    inner = getattr(model, "model", None)
+    if getattr(inner, "model_lowvram", False):
+        return False
+    return None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from . import host
 from ._lib import lipar
 from .common import (CATEGORY, PENDING_KEY, PLAN_KEY, check_not_pending, compute_dtype, conditioning_context,
                      diffusion_model, latent_plan, latent_samples, lipar_options, model_device, user_errors,
-                     wan_for_compute)
+                     cuda_graphs_allowed, wan_for_compute)
 from .patch import DEFAULT_OPTIONS
 
 MODES = ("edit", "generate")
@@ -105,6 +107,9 @@ class SelfForcingSampler:
         module = model.model.diffusion_model
         device = model_device(model, module)
         runnable = wan_for_compute(module, config.dtype)   # ComfyUI's WanModel keeps patch_embedding in fp32
+        graphs = cuda_graphs_allowed(model)
+        if graphs is not None:
+            config = dataclasses.replace(config, cuda_graphs=graphs)
         inner = model.model
         process_in = getattr(inner, "process_latent_in", lipar.latents.normalize_wan21)
         process_out = getattr(inner, "process_latent_out", lipar.latents.denormalize_wan21)
@@ -141,6 +146,7 @@ class SelfForcingSampler:
             "video_frames": video_frames,
             "backend": result.info.get("backend"),
             "dtype": result.info.get("dtype"),
+            "cuda_graphs": bool(result.info.get("cuda_graphs", False)),
             "steps": list(result.info.get("steps", [])),
             "note": run_note(plan, patch_options, mode),
         }

@@ -15,6 +15,8 @@ import urllib.parse
 import urllib.request
 import uuid
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 PACK_LINK_NAME = "comfyui-lipar"   # the folder name users get from cloning the pack
 
 
@@ -138,3 +140,12 @@ def execution_error(history: dict) -> str:
             return (f"{data.get('node_type')} (node {data.get('node_id')}): {data.get('exception_type')}: "
                     f"{data.get('exception_message')}\n{''.join(data.get('traceback') or [])}")
     return json.dumps(history.get("status"))[:3000]
+
+
+def run_comfy_python(comfy, script: str, *args: str, timeout: float = 600.0) -> str:
+    """Run one of this folder's scripts with ComfyUI's Python; return its last stdout line."""
+    proc = subprocess.run([comfy["python"], os.path.join(HERE, script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc.stdout.strip().splitlines()[-1]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from comfy_host import PACK_LINK_NAME, ComfyServer  # noqa: E402
+from comfy_host import PACK_LINK_NAME, ComfyServer, run_comfy_python  # noqa: E402
 
 
 def comfy_setup() -> tuple[str | None, str | None, str | None]:
@@ -55,15 +54,6 @@ def comfy():
     if reason:
         pytest.skip(reason)
     return {"dir": comfy_dir, "python": py}
-
-
-def run_comfy_python(comfy, script: str, *args: str, timeout: float = 600.0) -> str:
-    """Run one of this folder's scripts with ComfyUI's Python; return its last stdout line."""
-    proc = subprocess.run([comfy["python"], os.path.join(HERE, script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,10 @@ every file is written at test time into a temporary directory.
 * ``tiny_wan_state_dict``: a Wan2.1-T2V DiT built by lipar (``lipar.build_model``) with
   every parameter perturbed, so a norm weight or bias that one implementation forgets
   shows up. ComfyUI's detection derives heads = dim / 128, so dim is a multiple of 128.
-* ``tiny_wan_vae_state_dict``: a Wan2.1 VAE with base width ``dim`` (the real one has 96).
+* ``tiny_wan_vae_state_dict``: a Wan2.1 VAE with base width ``dim`` (the real one has 96). With
+  ``local`` (default) its convolutions only use their centre tap of the current frame, so
+  (like the trained VAE, unlike random 3x3x3 stacks whose receptive field spans the whole
+  clip) static regions encode to the same latent in every frame and the pruner prunes them.
 * ``write_clip``: an H.264 mp4 with a static textured background and a moving square, so
   the pruner has both static (prunable) and moving (kept) patches.
 * ``write_conditioning_shard``: a CONDITIONING for ComfyUI's core ``LoadTrainingDataset``
@@ -72,7 +75,7 @@ def write_official_layout_pt(path: str, sd: dict) -> None:
     torch.save({"generator_ema": prefixed, "generator": prefixed}, path)
 
 
-def tiny_wan_vae_state_dict(dim: int = 8, seed: int = 0):
+def tiny_wan_vae_state_dict(dim: int = 8, seed: int = 0, local: bool = True):
     import torch
     import comfy.ldm.wan.vae as wan_vae
 
@@ -86,6 +89,13 @@ def tiny_wan_vae_state_dict(dim: int = 8, seed: int = 0):
             t = torch.ones(v.shape)
         elif k.endswith("bias"):
             t = torch.zeros(v.shape)
+        elif local and v.ndim >= 4:
+            # only the current frame's centre tap: each latent sees its own pixels, so a static
+            # background encodes to identical latents frame after frame, as with the real VAE
+            t = torch.zeros(v.shape)
+            centre = (slice(None), slice(None)) + ((v.shape[2] - 1,) if v.ndim == 5 else ()) + \
+                (v.shape[-2] // 2, v.shape[-1] // 2)
+            t[centre] = torch.randn(v.shape[:2], generator=g) / v.shape[1] ** 0.5
         else:
             fan_in = max(1, v[0].numel())
             t = torch.randn(v.shape, generator=g) / fan_in ** 0.5
