@@ -78,6 +78,7 @@ class CausalWan:
         self.bias_mode = resolve_bias_mode(bias_mode, self.backend)
         self.fold_bias = self.bias_mode == "fold"   # keys cached with the extra bias channel
         self._value_scratch: torch.Tensor | None = None
+        self._dup_scratch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.text_k: torch.Tensor | None = None   # [layers, B, Ltext, H, D]
         self.text_v: torch.Tensor | None = None
         self.cache_k: torch.Tensor | None = None  # [layers, B, capacity, H, D]
@@ -114,14 +115,20 @@ class CausalWan:
             out[1][i] = ca.v(ctx).view(b, -1, h, hd)
         self.text_k, self.text_v = out
 
-    def allocate_cache(self, batch: int, capacity: int, folded: bool = False) -> None:
+    def allocate_cache(self, batch: int, capacity: int, folded: bool = False, scratch: int = 0) -> None:
         """KV cache buffers ``[layers, B, capacity, H, W]``; W = head_dim, or head_dim + 1
-        padded to a multiple of 8 when a per-key bias is folded into the keys."""
+        padded to a multiple of 8 when a per-key bias is folded into the keys. ``scratch``:
+        token length of the one-layer buffers where materialised duplicates are assembled."""
         cfg = self.cfg
         width = fold_width(cfg.head_dim) if folded else cfg.head_dim
         shape = (cfg.num_layers, batch, capacity, cfg.num_heads, width)
         self.cache_k = torch.empty(shape, device=self.device, dtype=self.dtype)
         self.cache_v = torch.empty(shape, device=self.device, dtype=self.dtype)
+        self._dup_scratch = None
+        if scratch:
+            sshape = (batch, scratch, cfg.num_heads, width)
+            self._dup_scratch = (torch.empty(sshape, device=self.device, dtype=self.dtype),
+                                 torch.empty(sshape, device=self.device, dtype=self.dtype))
         if folded:   # padding channels stay zero; the bias channel of k is written per pass
             self.cache_k[..., cfg.head_dim:].zero_()
             self.cache_v[..., cfg.head_dim:].zero_()
@@ -132,6 +139,7 @@ class CausalWan:
 
     def release(self) -> None:
         self.text_k = self.text_v = self.cache_k = self.cache_v = self._value_scratch = None
+        self._dup_scratch = None
 
     def _scratch(self, shape) -> torch.Tensor:
         """Weighted-value buffer [B, capacity, H, fold_width(D)], made once per run."""
@@ -186,7 +194,7 @@ class CausalWan:
 
     def self_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
         """Store this chunk's k/v in layer i's cache, add recovery keys, attend: [B, Nk, H, D]."""
-        keys, values = fill_keys(self.cache_k[i], self.cache_v[i], k, v, lay)
+        keys, values = fill_keys(self.cache_k[i], self.cache_v[i], k, v, lay, scratch=self._dup_scratch)
         if lay.key_bias is not None and self.folded:
             return attention_folded(q, keys, values, backend=self.backend)
         if lay.key_bias is not None and self.bias_mode == "value":

@@ -147,21 +147,32 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
 
 
 def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              lay: ChunkLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write a chunk's keys/values into one layer's buffers and add its duplicates.
+              lay: ChunkLayout, scratch: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write a chunk's keys/values into one layer's cache and add its duplicates.
 
-    kb, vb: [B, capacity, H, W] key/value buffers of one layer (earlier chunks at [0, L_c));
+    kb, vb: [B, capacity, H, W] key/value cache of one layer (earlier chunks at [0, L_c));
             W = D, or the folded width (then channel D of kb carries the layout's key bias).
     k, v:   [B, Nk, H, D] this chunk's RoPE'd keys and values.
-    Returns views ``[B, key_len, H, D]`` of the keys/values the chunk attends to.
+    scratch: optional [B, >= key_len, H, D] buffers shared by all layers; with it,
+            duplicates are assembled there (with a copy of the cached keys) so the cache
+            itself holds kept tokens only. Without it they go after the chunk in kb/vb.
+    Returns views ``[B, key_len, H, W]`` of the keys/values the chunk attends to.
     """
     d = k.shape[-1]
     c0, c1 = lay.cache_len, lay.cache_len + lay.num_kept
     kb[:, c0:c1, :, :d] = k
     vb[:, c0:c1, :, :d] = v
     if lay.num_dups:
-        kb[:, c1:lay.key_len, :, :d] = apply_rope(kb[:, lay.dup_src, :, :d], lay.dup_rope)
-        vb[:, c1:lay.key_len, :, :d] = vb[:, lay.dup_src, :, :d]
+        dk = apply_rope(kb[:, lay.dup_src, :, :d], lay.dup_rope)
+        dv = vb[:, lay.dup_src, :, :d]
+        if scratch is not None:
+            sk, sv = scratch
+            sk[:, :c1] = kb[:, :c1]
+            sv[:, :c1] = vb[:, :c1]
+            kb, vb = sk, sv
+        kb[:, c1:lay.key_len, :, :d] = dk
+        vb[:, c1:lay.key_len, :, :d] = dv
     if kb.shape[-1] != d and lay.key_bias is not None:     # folded layout: bias channel
         write_folded_bias(kb, lay.key_bias, d)
     return kb[:, :lay.key_len], vb[:, :lay.key_len]

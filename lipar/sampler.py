@@ -38,7 +38,7 @@ class SamplerConfig:
     chunk_frames: int = 3
     seed: int = 0
     recovery: str = "noise_aware"          # none | m_degree | noise_aware
-    recovery_form: str = "exact"           # exact (materialised duplicates) | compressed (log-multiplicity)
+    recovery_form: str = "compressed"      # compressed (log-multiplicity) | exact (materialised duplicates)
     backend: str = "auto"                  # auto (cudnn on CUDA) | sdpa | cudnn | flash_attn
     bias_mode: str = "auto"                # how a per-key bias reaches the kernel: auto | mask | fold
     dtype: torch.dtype | None = None       # compute dtype; None: bfloat16 on CUDA, float32 elsewhere
@@ -161,8 +161,11 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
                                     dtype=state_dtype)
             if use_graphs:
                 runner.plan_buckets(layouts)
-            runner.allocate_cache(1, max(lay.key_len for lay in layouts),
-                                  folded=runner.fold_bias and any(lay.key_bias is not None for lay in layouts))
+            # The cache holds kept tokens only; materialised duplicates (exact form) are assembled
+            # per layer in one scratch buffer.
+            runner.allocate_cache(1, max(lay.cache_len + lay.num_kept for lay in layouts),
+                                  folded=runner.fold_bias and any(lay.key_bias is not None for lay in layouts),
+                                  scratch=max(lay.key_len for lay in layouts) if any(lay.num_dups for lay in layouts) else 0)
             runner.encode_text(context[bi:bi + 1] if context.shape[0] == b else context)
             for lay in layouts:
                 sl = slice(lay.frame_start, lay.frame_start + lay.frames)

@@ -54,20 +54,26 @@ def _full_attention(q, k, v, t, hp, wp, chunk):
     return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v)
 
 
-def _recovered(q, k, v, plan, mode, form, chunk=3):
-    """Attention of kept queries through lipar's layouts and key buffers, chunk by chunk."""
+def _recovered(q, k, v, plan, mode, form, chunk=3, scratch=False):
+    """Attention of kept queries through lipar's layouts and key buffers, chunk by chunk.
+    With ``scratch`` the cache holds kept tokens only (NaN beyond) and duplicates are
+    assembled in a separate buffer, as the sampler does."""
     t, hp, wp = plan.keep.shape[1:]
     lays = build_layouts(plan.latent_shape, CFG, chunk, plan=plan, mode=mode, form=form, dtype=torch.float64)
-    cap = max(l.key_len for l in lays)
-    kb = torch.zeros(1, cap, H, D, dtype=torch.float64)
-    vb = torch.zeros_like(kb)
+    cap = max(l.cache_len + l.num_kept for l in lays) if scratch else max(l.key_len for l in lays)
+    kb = torch.full((1, cap + 4, H, D), float("nan"), dtype=torch.float64)
+    vb = torch.full_like(kb, float("nan"))
+    sb = None
+    if scratch:
+        n = max(l.key_len for l in lays)
+        sb = (torch.zeros(1, n, H, D, dtype=torch.float64), torch.zeros(1, n, H, D, dtype=torch.float64))
     outs = {}
     for lay in lays:
         g0 = lay.frame_start * hp * wp
         idx = g0 + lay.kept_idx
         qk = apply_rope(q[:, idx], lay.rope)
         kk = apply_rope(k[:, idx], lay.rope)
-        keys, values = fill_keys(kb, vb, kk, v[:, idx], lay)
+        keys, values = fill_keys(kb, vb, kk, v[:, idx], lay, scratch=sb)
         out = attention(qk, keys, values, key_bias=lay.key_bias, backend="sdpa")
         for j, gi in enumerate(idx.tolist()):
             outs[gi] = out[:, j]
@@ -82,9 +88,11 @@ def test_m_degree_exact_equals_full_attention_with_exact_duplicates(seed):
     q, k, v = _duplicated_qkv(plan, plan.source_frame, seed)
     full = _full_attention(q, k, v, *keep.shape[1:], 3)
     rec = _recovered(q, k, v, plan, "m_degree", "exact")
+    rec_scratch = _recovered(q, k, v, plan, "m_degree", "exact", scratch=True)
     naive = _recovered(q, k, v, plan, "none", "exact")
     kept = torch.nonzero(plan.keep[0].flatten()).squeeze(1).tolist()
     err = max((rec[i] - full[:, i]).abs().max().item() for i in kept)
+    assert max((rec_scratch[i] - full[:, i]).abs().max().item() for i in kept) < 1e-12
     naive_err = max((naive[i] - full[:, i]).abs().max().item() for i in kept)
     assert err < 1e-12                 # exact, with cache (later chunks) and without (chunk 0)
     assert naive_err > 1e-3            # naive pruning is visibly wrong on the same data
