@@ -81,6 +81,16 @@ function addPanel(node, placeholder) {
   return root;
 }
 
+function finish(node, root, estimate) {
+  // the content's real height when the panel is on screen, else the estimate
+  root.dataset.state = "done";
+  root.style.height = "auto";
+  const measured = root.isConnected ? Math.ceil(root.scrollHeight) : 0;
+  root.style.height = "100%";
+  root.dataset.height = String(Math.max(estimate, measured) + 4);
+  fitNode(node);
+}
+
 function fitNode(node) {
   const want = node.computeSize();
   node.setSize([Math.max(node.size[0], want[0]), Math.max(node.size[1], want[1])]);
@@ -106,7 +116,7 @@ function renderPruner(node, stats) {
     (perFrame.length ? ` · ${perFrame.length} latent frames` : "") +
     (stats.tokens_per_frame ? ` × ${num(stats.tokens_per_frame)}` : ""));
 
-  let height = 44;
+  let height = 50;
   if (perFrame.length) {
     const chart = el("div", {
       display: "flex", alignItems: "flex-end", gap: "1px", height: "44px", marginTop: "4px",
@@ -115,7 +125,7 @@ function renderPruner(node, stats) {
     chart.className = "lipar-frame-chart";
     perFrame.forEach((r, i) => {
       const bar = el("div", {
-        flex: "1 1 0", minWidth: "2px", height: `${Math.max(1, Math.round(r * 100))}%`,
+        flex: "1 1 0", minWidth: "2px", height: r > 0 ? `${Math.max(4, Math.round(r * 100))}%` : "2px",
         background: r > 0 ? "#4f8fe8" : "#666",
       });
       bar.title = `frame ${i}: ${pct(r)} pruned`;
@@ -125,7 +135,7 @@ function renderPruner(node, stats) {
     const maxR = Math.max(...perFrame);
     line(root, `pruned per latent frame (0…${perFrame.length - 1}), max ${pct(maxR)}`,
       { opacity: "0.7", fontSize: "11px" });
-    height += 66;
+    height += 68;
   }
   const chunks = stats.kept_per_chunk;
   if (Array.isArray(chunks) && chunks.length) {
@@ -133,12 +143,10 @@ function renderPruner(node, stats) {
     rows.forEach((row, b) => {
       line(root, `kept per chunk${rows.length > 1 ? ` (sample ${b})` : ""}: ${row.map(num).join(" · ")}`,
         { fontSize: "11px", whiteSpace: "nowrap", overflow: "hidden", textOverflow: "ellipsis" });
-      height += 16;
+      height += 17;
     });
   }
-  root.dataset.state = "done";
-  root.dataset.height = String(height + 8);
-  fitNode(node);
+  finish(node, root, height + 8);
 }
 
 function renderSampler(node, info) {
@@ -165,15 +173,13 @@ function renderSampler(node, info) {
     speed = line(root, "speed-up: run the unpruned baseline on the same video to compare", { opacity: "0.7" });
   }
   speed.className = "lipar-speedup";
-  let height = 4 * 17 + 8;
+  let height = 4 * 17 + 14;
   if (info.note) {
     line(root, info.note, { opacity: "0.7", fontSize: "11px", whiteSpace: "normal" });
     height += 30;
   }
   if (unpruned) rememberUnpruned(info);
-  root.dataset.state = "done";
-  root.dataset.height = String(height);
-  fitNode(node);
+  finish(node, root, height);
 }
 
 app.registerExtension({
