@@ -161,7 +161,12 @@ class CausalWan:
 
     def embed(self, latent: torch.Tensor, timestep: torch.Tensor, layout: ChunkLayout):
         """Kept tokens and time embeddings of a chunk: x [B, Nk, dim], e [B, 1|Nk, dim], e0 [B, 1|Nk, 6, dim]."""
-        x = self.module.patch_embedding(latent.to(self.dtype))  # [B, dim, F, Hp, Wp]
+        # ComfyUI's WanModel keeps the patch embedding in float32 while the rest is bf16/fp16:
+        # feed it its own (float) weight dtype, then continue in the compute dtype.
+        pe = self.module.patch_embedding
+        w = getattr(pe, "weight", None)
+        in_dtype = w.dtype if w is not None and w.dtype in (torch.float32, torch.float16, torch.bfloat16) else self.dtype
+        x = pe(latent.to(in_dtype)).to(self.dtype)                # [B, dim, F, Hp, Wp]
         x = x.flatten(2).transpose(1, 2)                         # [B, F*Hp*Wp, dim]
         if layout.kept_idx is not None:
             x = x[:, layout.kept_idx]

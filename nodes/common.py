@@ -7,7 +7,6 @@ Every check raises ``ValueError`` with a message a ComfyUI user can act on; lipa
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Any
 
 import torch
@@ -109,72 +108,6 @@ def model_device(model: Any, module: torch.nn.Module) -> torch.device:
     if dev is None:
         dev = next(module.parameters()).device
     return torch.device(dev)
-
-
-class _PatchEmbeddingInWeightDtype(torch.nn.Module):
-    """Calls a patch-embedding conv with its input in the conv's weight dtype and returns the compute dtype.
-
-    ComfyUI's ``WanModel`` keeps ``patch_embedding`` in float32 whatever the model dtype (its
-    forward calls ``patch_embedding(x.float())``); fed a bf16/fp16 input without manual casting
-    the conv fails with "Input type ... and bias type ... should be the same". The conv's
-    parameters are shared, not copied, so the model is untouched.
-    """
-
-    def __init__(self, conv: torch.nn.Module):
-        super().__init__()
-        for name, param in conv.named_parameters(recurse=False):
-            self.register_parameter(name, param)     # same Parameter objects: keeps Wan's names
-        object.__setattr__(self, "_conv", conv)     # not registered: no duplicate parameters
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv(x.to(self._conv.weight.dtype)).to(x.dtype)
-
-
-class _WanView(torch.nn.Module):
-    """The same Wan submodules under a new parent, with the patch embedding wrapped."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        for name, child in module.named_children():
-            if name != "patch_embedding":
-                self.add_module(name, child)
-        self.patch_embedding = _PatchEmbeddingInWeightDtype(module.patch_embedding)
-        for attr in ("text_len", "config", "dtype"):
-            if hasattr(module, attr) and not hasattr(self, attr):
-                object.__setattr__(self, attr, getattr(module, attr))
-
-
-_VIEWS: "weakref.WeakKeyDictionary[torch.nn.Module, _WanView]" = weakref.WeakKeyDictionary()
-
-
-def _view_is_current(view: _WanView, module: torch.nn.Module) -> bool:
-    """False once the host replaced a submodule or a patch-embedding parameter (e.g. a weight patch)."""
-    children = dict(module.named_children())
-    pe = children.get("patch_embedding")
-    if view.patch_embedding._conv is not pe:
-        return False
-    ours = dict(view.patch_embedding.named_parameters(recurse=False))
-    theirs = dict(pe.named_parameters(recurse=False))
-    if ours.keys() != theirs.keys() or any(ours[k] is not theirs[k] for k in ours):
-        return False
-    return all(getattr(view, name, None) is child for name, child in children.items() if name != "patch_embedding")
-
-
-def wan_for_compute(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``module``, or a non-mutating view of it whose patch embedding accepts ``dtype`` inputs
-    when its weights are stored in another dtype (ComfyUI's float32 patch embedding).
-
-    The view is kept per module, so per-model caches keyed by the module tree (lipar's CUDA
-    graphs) survive from one run to the next."""
-    pe = getattr(module, "patch_embedding", None)
-    weight = getattr(pe, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.dtype == dtype:
-        return module
-    view = _VIEWS.get(module)
-    if view is None or not _view_is_current(view, module):
-        view = _WanView(module)
-        _VIEWS[module] = view
-    return view
 
 
 def cuda_graphs_allowed(model: Any) -> bool | None:

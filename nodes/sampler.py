@@ -10,7 +10,7 @@ from . import host
 from ._lib import lipar
 from .common import (CATEGORY, PENDING_KEY, PLAN_KEY, check_not_pending, compute_dtype, conditioning_context,
                      diffusion_model, latent_plan, latent_samples, lipar_options, model_device, user_errors,
-                     cuda_graphs_allowed, wan_for_compute)
+                     cuda_graphs_allowed)
 from .patch import DEFAULT_OPTIONS
 
 MODES = ("edit", "generate")
@@ -106,7 +106,6 @@ class SelfForcingSampler:
         host.load_model(model, inference_memory(cfg, samples.shape, config.chunk_frames, config.dtype))
         module = model.model.diffusion_model
         device = model_device(model, module)
-        runnable = wan_for_compute(module, config.dtype)   # ComfyUI's WanModel keeps patch_embedding in fp32
         graphs = cuda_graphs_allowed(model)
         if graphs is not None:
             config = dataclasses.replace(config, cuda_graphs=graphs)
@@ -122,7 +121,7 @@ class SelfForcingSampler:
 
         with user_errors(), torch.no_grad():
             z = process_in(samples.float())
-            result = lipar.sample(runnable, context, z, plan=plan, config=config, device=device, on_pass=on_pass)
+            result = lipar.sample(module, context, z, plan=plan, config=config, device=device, on_pass=on_pass)
         progress.update(result.passes, result.passes)
         out_samples = process_out(result.latent.to(host.intermediate_device(), torch.float32))
 

@@ -23,7 +23,7 @@ import lipar
 from lipar.clips import ClipSpec, make_clip
 from lipar.latents import denormalize_wan21, normalize_wan21
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from nodes.common import compute_dtype, cuda_graphs_allowed, wan_for_compute
+from nodes.common import compute_dtype, cuda_graphs_allowed
 from nodes.loader import prepare_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -453,19 +453,6 @@ def test_sampler_runs_comfyui_style_half_precision_model(positive, raw):
     assert torch.isfinite(r["result"][0]["samples"]).all()
     assert all(v.dtype == params_before[k][0] and torch.equal(v, params_before[k][1])
                for k, v in wan16.state_dict().items())
-
-
-def test_half_precision_view_shares_weights_and_is_reused():
-    wan16 = lipar.build_model(lipar.TINY, seed=0).to(torch.bfloat16)
-    assert wan_for_compute(wan16, torch.bfloat16) is wan16          # nothing to adapt
-    wan16.patch_embedding.float()
-    view = wan_for_compute(wan16, torch.bfloat16)
-    assert view is not wan16 and wan_for_compute(wan16, torch.bfloat16) is view   # kept for per-model caches
-    ours, theirs = dict(view.named_parameters()), dict(wan16.named_parameters())
-    assert ours.keys() == theirs.keys() and all(ours[k] is theirs[k] for k in ours)
-    wan16.patch_embedding.weight = torch.nn.Parameter(wan16.patch_embedding.weight.detach().clone())  # a host patch
-    fresh = wan_for_compute(wan16, torch.bfloat16)
-    assert fresh is not view and fresh.patch_embedding.weight is wan16.patch_embedding.weight
 
 
 def test_cuda_graphs_off_when_comfyui_loaded_the_model_partly(wan):
