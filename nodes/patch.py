@@ -6,9 +6,9 @@ from ._lib import lipar
 from .common import CATEGORY, diffusion_model, user_errors
 
 RECOVERY = ("noise_aware", "m_degree", "none")
-RECOVERY_FORMS = ("exact", "compressed")
+RECOVERY_FORMS = ("compressed", "exact")
 BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
-DEFAULT_OPTIONS = {"recovery": "none", "recovery_form": "exact", "attention_backend": "auto"}
+DEFAULT_OPTIONS = {"recovery": "none", "recovery_form": "compressed", "attention_backend": "auto"}
 
 
 class AttentionRecoveryPatch:
@@ -31,9 +31,10 @@ class AttentionRecoveryPatch:
                     "noise_aware (default): pruned tokens borrow the clean key/value of their location from the KV "
                     "cache, re-rotated to their own position (paper 2.4.1). m_degree: a kept token's key counts once "
                     "per pruned token it stands for (Eq. 4). none: naive pruning (ablation)."}),
-                "recovery_form": (list(RECOVERY_FORMS), {"default": "exact", "tooltip":
-                    "exact: duplicated keys/values are materialised (with the right RoPE positions). compressed: no "
-                    "duplicates; each stand-in key gets a log-multiplicity score bias (shorter keys, approximate)."}),
+                "recovery_form": (list(RECOVERY_FORMS), {"default": "compressed", "tooltip":
+                    "compressed (default): no duplicates; each stand-in key gets a log-multiplicity score bias "
+                    "(shorter keys, less memory, faster). exact: duplicated keys/values are materialised at their "
+                    "own RoPE positions (exact for identical tokens; more attention work)."}),
                 "attention_backend": (list(BACKENDS), {"default": "auto", "tooltip":
                     "Attention kernel: auto (cuDNN SDPA on CUDA, PyTorch SDPA elsewhere), sdpa, cudnn (CUDA only), "
                     "flash_attn (needs the flash-attn package)."}),

@@ -14,6 +14,7 @@ from .common import CATEGORY, PENDING_KEY, PLAN_KEY, latent_samples, user_errors
 
 PREVIEW_MAX_SIDE = 640   # the in-node animation is downscaled to this; the IMAGE output keeps full size
 VIDEO_FPS = 16.0         # Wan2.1 / Self-Forcing video frame rate
+_DEFAULTS = lipar.PlanConfig()   # widget defaults are the library's measured defaults
 LATENT_FPS = 4.0         # one latent frame stands for 4 video frames
 
 
@@ -60,23 +61,23 @@ class LatentInterFramePruner:
         return {
             "required": {
                 "latent": ("LATENT", {"tooltip": "The source video encoded by the Wan2.1 VAE (VAE Encode): [B, 16, T, H, W]."}),
-                "threshold": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 10.0, "step": 0.005, "tooltip":
+                "threshold": ("FLOAT", {"default": _DEFAULTS.threshold, "min": 0.0, "max": 10.0, "step": 0.005, "tooltip":
                     "A patch is a pruning candidate when its mean absolute change from the previous frame (normalised "
                     "latent, per element) is below this (paper Eq. 1; 0.15). Higher prunes more; 0 prunes nothing."}),
-                "anchor_threshold": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 10.0, "step": 0.005, "tooltip":
+                "anchor_threshold": ("FLOAT", {"default": _DEFAULTS.anchor_threshold, "min": 0.0, "max": 10.0, "step": 0.005, "tooltip":
                     "A candidate is pruned only if it is also this close to the latest kept patch at its location in an "
                     "earlier chunk, whose clean key/value the KV cache holds (noise-aware constraint, paper Eq. 5; 0.3)."}),
-                "chunk_frames": ("INT", {"default": 3, "min": 1, "max": 64, "tooltip":
+                "chunk_frames": ("INT", {"default": _DEFAULTS.chunk_frames, "min": 1, "max": 64, "tooltip":
                     "Latent frames per causal chunk; must equal the sampler's chunk frames (Self-Forcing: 3). The "
                     "latent's frame count must be a multiple of it."}),
-                "trim_outliers": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip":
+                "trim_outliers": ("FLOAT", {"default": _DEFAULTS.trim_outliers, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip":
                     "Fraction of the largest per-element differences of a patch ignored in the distance (0 = plain "
                     "mean). Makes pruning robust to a few noisy latent values."}),
-                "smooth": ("INT", {"default": 1, "min": 1, "max": 15, "step": 2, "tooltip":
+                "smooth": ("INT", {"default": _DEFAULTS.smooth, "min": 1, "max": 15, "step": 2, "tooltip":
                     "Odd box-filter size applied to the difference maps before thresholding (1 = off)."}),
-                "open_pruned": ("INT", {"default": 0, "min": 0, "max": 8, "tooltip":
+                "open_pruned": ("INT", {"default": _DEFAULTS.open_pruned, "min": 0, "max": 8, "tooltip":
                     "Radius of a morphological opening of the pruned region: removes isolated pruned specks (0 = off)."}),
-                "dilate_kept": ("INT", {"default": 1, "min": 0, "max": 8, "tooltip":
+                "dilate_kept": ("INT", {"default": _DEFAULTS.dilate_kept, "min": 0, "max": 8, "tooltip":
                     "Radius by which kept (moving) regions grow, so moving edges stay computed (0 = off)."}),
             },
             "optional": {

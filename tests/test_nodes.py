@@ -35,7 +35,7 @@ Restore = NODE_CLASS_MAPPINGS["LIPAR_TokenRestore"]
 Loader = NODE_CLASS_MAPPINGS["LIPAR_SelfForcingCheckpointLoader"]
 
 PRUNE_DEFAULTS = dict(threshold=0.15, anchor_threshold=0.3, chunk_frames=3, trim_outliers=0.0, smooth=1,
-                      open_pruned=0, dilate_kept=1)
+                      open_pruned=1, dilate_kept=0)
 SAMPLE_DEFAULTS = dict(seed=2, steps="400,350,250", shift=5.0, chunk_frames=3, mode="edit")
 
 
@@ -172,11 +172,11 @@ def test_widget_defaults_and_ranges():
                                               p["chunk_frames"][1]["max"]) == (3, 1, 64)
     assert (p["trim_outliers"][1]["default"], p["trim_outliers"][1]["max"], p["trim_outliers"][1]["step"]) == (0.0, 0.9, 0.01)
     assert (p["smooth"][1]["default"], p["smooth"][1]["max"], p["smooth"][1]["step"]) == (1, 15, 2)
-    assert (p["open_pruned"][1]["default"], p["dilate_kept"][1]["default"], p["dilate_kept"][1]["max"]) == (0, 1, 8)
+    assert (p["open_pruned"][1]["default"], p["dilate_kept"][1]["default"], p["dilate_kept"][1]["max"]) == (1, 0, 8)
     assert Pruner.INPUT_TYPES()["optional"]["images"][0] == "IMAGE"
     a = Patch.INPUT_TYPES()["required"]
     assert a["recovery"][0] == ["noise_aware", "m_degree", "none"]
-    assert a["recovery_form"][0] == ["exact", "compressed"]
+    assert a["recovery_form"][0] == ["compressed", "exact"] and a["recovery_form"][1]["default"] == "compressed"
     assert a["attention_backend"][0] == ["auto", "sdpa", "cudnn", "flash_attn"]
     s = Sampler.INPUT_TYPES()["required"]
     assert s["seed"][1]["max"] == 0xffffffffffffffff and s["seed"][1]["control_after_generate"] is True
