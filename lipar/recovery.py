@@ -139,9 +139,10 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
                 lay.dup_src = stand_pos
                 lay.dup_rope = rope_table(frame_shift_angles(delta, cfg), dtype)
             else:
-                m = torch.bincount(stand_pos, minlength=offsets[c + 1])
-                lay.key_weight = 1.0 + m.to(dtype)
-                lay.key_bias = torch.log(lay.key_weight)
+                if pruned.numel():   # no pruned token visible (e.g. chunk 0): plain attention
+                    m = torch.bincount(stand_pos, minlength=offsets[c + 1])
+                    lay.key_weight = 1.0 + m.to(dtype)
+                    lay.key_bias = torch.log(lay.key_weight)
         layouts.append(lay)
     return layouts
 
