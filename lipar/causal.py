@@ -200,7 +200,7 @@ class CausalWan:
     def self_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
         """Store this chunk's k/v in layer i's cache, add recovery keys, attend: [B, Nk, H, D]."""
         keys, values = fill_keys(self.cache_k[i], self.cache_v[i], k, v, lay, scratch=self._dup_scratch)
-        if lay.key_bias is not None and self.folded:
+        if self.folded:   # bias channel written by fill_keys (zero = multiplicity 1 where none)
             return attention_folded(q, keys, values, backend=self.backend)
         if lay.key_bias is not None and self.bias_mode == "value":
             return attention_weighted(q, keys, values, lay.key_weight, backend=self.backend,
