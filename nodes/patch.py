@@ -8,13 +8,16 @@ from .common import CATEGORY, diffusion_model, user_errors
 RECOVERY = ("noise_aware", "m_degree", "none")
 RECOVERY_FORMS = ("compressed", "exact")
 BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
-DEFAULT_OPTIONS = {"recovery": "none", "recovery_form": "compressed", "attention_backend": "auto"}
+# What the sampler uses when no patch is connected: the library's default recovery, so a
+# forgotten (or bypassed) patch never silently gives the naive-pruning ablation.
+DEFAULT_OPTIONS = {"recovery": "noise_aware", "recovery_form": "compressed", "attention_backend": "auto"}
 
 
 class AttentionRecoveryPatch:
     DESCRIPTION = (
         "Sets how the Self-Forcing Causal Sampler corrects self-attention for pruned tokens (LIPAR attention "
-        "recovery). Without this patch a pruned latent runs naive pruning (no recovery). Returns a patched copy of "
+        "recovery) and which attention kernel it uses. Without this patch the sampler uses the defaults "
+        "(noise_aware, compressed, auto). Returns a patched copy of "
         "the model; the input model is not changed.")
     CATEGORY = CATEGORY
     FUNCTION = "patch"

@@ -35,7 +35,8 @@ def run_note(plan, options: dict | None, mode: str) -> str:
             note += "; the Attention Recovery Patch has no effect without a plan"
         return note
     if options is None:
-        note = "pruned latent without Attention Recovery Patch: naive pruning; connect Token Restore before VAE Decode"
+        note = ("pruned latent, default recovery (noise_aware, compressed; no Attention Recovery Patch): "
+                "connect Token Restore before VAE Decode")
     elif options.get("recovery") == "none":
         note = "pruned latent with recovery 'none' (naive pruning): connect Token Restore before VAE Decode"
     else:

@@ -385,11 +385,11 @@ def test_pruned_graph_restored_is_close_to_unpruned_on_kept_tokens(wan, positive
     assert torch.isfinite(restored["samples"]).all()
 
 
-def test_pruned_latent_without_patch_runs_naive_pruning(wan, positive, raw):
+def test_pruned_latent_without_patch_uses_default_recovery(wan, positive, raw):
     pruned_latent, _ = prune({"samples": raw})["result"]
     (info,) = sample(FakePatcher(wan), positive, pruned_latent)["ui"]["lipar_sampler"]
-    assert info["recovery"] == "none"
-    assert info["note"].startswith("pruned latent without Attention Recovery Patch: naive pruning")
+    assert info["recovery"] == "noise_aware"
+    assert info["note"].startswith("pruned latent, default recovery (noise_aware, compressed")
 
 
 def test_sampler_uses_comfyui_services_when_present(wan, positive, raw, monkeypatch):

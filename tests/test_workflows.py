@@ -137,6 +137,21 @@ def test_ui_and_api_versions_describe_the_same_prompt(defs, ui_rel, api_rel):
         assert from_ui[nid]["inputs"] == api[nid]["inputs"], f"node {nid} ({api[nid]['class_type']})"
 
 
+@pytest.mark.parametrize("rel", API_FILES)
+def test_lipar_settings_are_the_nodes_defaults(defs, rel):
+    """The examples show the recommended settings: each LIPAR widget at its declared default
+    (the seed excepted). When a default changes, regenerate: tests/realhost/build_workflows.py."""
+    for nid, node in load(rel).items():
+        d = defs.get(node["class_type"])
+        if not node["class_type"].startswith("LIPAR_"):
+            continue
+        for w in d.widgets:
+            if w.name == "seed":
+                continue
+            default = w.opts.get("default", w.options[0] if w.options else None)
+            assert node["inputs"][w.name] == default, (rel, nid, w.name)
+
+
 def _by_type(api: dict) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for v in api.values():
@@ -208,6 +223,11 @@ def test_ui_layout_reads_left_to_right(rel):
         for q in boxes[i + 1:]:
             overlap = p[0] < q[2] and q[0] < p[2] and p[1] < q[3] and q[1] < p[3]
             assert not overlap, f"nodes {p[4]} and {q[4]} overlap"
+    groups = [(g["bounding"], g["title"]) for g in wf.get("groups", [])]
+    for i, (a, ta) in enumerate(groups):
+        for b, tb in groups[i + 1:]:
+            overlap = a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+            assert not overlap, f"groups {ta!r} and {tb!r} overlap"
 
 
 def test_readme_names_every_model_file():

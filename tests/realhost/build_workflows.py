@@ -1,12 +1,13 @@
 """Regenerate the example workflows in workflows/ (UI format and API format).
 
-One graph description per workflow gives both files, so the UI version (opened in the
+One graph description per workflow gives both files (the LIPAR nodes' widget values are
+their declared defaults, read from the pack),  so the UI version (opened in the
 ComfyUI front end) and the API version (posted to /prompt) cannot drift apart. The
 CI tier (tests/test_workflows.py) checks the committed files against the pack's
 INPUT_TYPES and the core-node fixture; the real-host tier opens the UI files in the
 real front end and compares its own API conversion with the API files.
 
-usage: python tests/realhost/build_workflows.py [--check]
+usage: python tests/realhost/build_workflows.py [--check]   (with the project's venv: imports the pack)
   --check: exit 1 if a committed file differs from what this script writes
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ NOTE = f"""## LIPAR video edit (Self-Forcing, Wan2.1-T2V-1.3B)
 
 **Input video**: 832x480 (any size divisible by 16) with 9, 21, 33, ..., 81 frames (4k+1 frames whose latent length k+1 is a multiple of 3). Upload it in Load Video.
 
-**Tuning**: raise `threshold` to prune more (faster, riskier), watch the mask preview on the pruner (white = computed, dark = skipped). The sampler reports seconds, FPS and the speed-up over the last unpruned run (baseline_video_edit) in this browser session.
+**Tuning**: raise `threshold` to prune more (faster, riskier), watch the mask preview on the pruner (pruned patches are tinted blue). The sampler reports seconds, FPS and the speed-up over the last unpruned run (baseline_video_edit) in this browser session.
 """
 
 
@@ -54,6 +55,39 @@ class N:
     virtual: bool = False                                                  # front-end only (notes)
 
 
+SEED = 42
+
+
+def _pack_classes() -> dict:
+    """The pack's node classes, imported the way ComfyUI imports the pack (needs torch)."""
+    import importlib.util
+    name = "lipar_pack_for_workflows"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "__init__.py"),
+                                                      submodule_search_locations=[ROOT])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].NODE_CLASS_MAPPINGS
+
+
+def defaults(node_id: str, **override) -> list[tuple[str | None, object]]:
+    """A LIPAR node's widget values: its declared defaults (the recommended settings), in input
+    order, with the front end's control_after_generate value after a seed."""
+    out = []
+    for section in ("required", "optional"):
+        for name, spec in _pack_classes()[node_id].INPUT_TYPES().get(section, {}).items():
+            kind = spec[0]
+            opts = spec[1] if len(spec) > 1 else {}
+            if not (isinstance(kind, (list, tuple)) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN")):
+                continue
+            value = override.get(name, opts.get("default", kind[0] if isinstance(kind, (list, tuple)) else None))
+            out.append((name, value))
+            if opts.get("control_after_generate"):
+                out.append((None, "fixed"))
+    return out
+
+
 def _models(name: str, url: str, directory: str) -> dict:
     return {"models": [{"name": name, "url": url, "directory": directory}]}
 
@@ -69,25 +103,24 @@ def build(lipar: bool) -> tuple[list[N], list[tuple[int, int, int, str, str]], l
           properties=_models(VAE_FILE, f"{HF}/vae/{VAE_FILE}", "vae")),
         N(4, "VAEEncode", (380, 140), (240, 50), sockets=[("pixels", "IMAGE"), ("vae", "VAE")],
           outputs=[("LATENT", "LATENT")]),
-        N(6, "UNETLoader", (0, 640), (320, 82), widgets=[("unet_name", DIT_FILE), ("weight_dtype", "default")],
+        N(6, "UNETLoader", (0, 660), (320, 82), widgets=[("unet_name", DIT_FILE), ("weight_dtype", "default")],
           outputs=[("MODEL", "MODEL")]),
-        N(8, "CLIPLoader", (0, 780), (320, 106), widgets=[("clip_name", TE_FILE), ("type", "wan"), ("device", "default")],
+        N(8, "CLIPLoader", (0, 800), (320, 106), widgets=[("clip_name", TE_FILE), ("type", "wan"), ("device", "default")],
           outputs=[("CLIP", "CLIP")], properties=_models(TE_FILE, f"{HF}/text_encoders/{TE_FILE}", "text_encoders")),
-        N(9, "CLIPTextEncode", (380, 780), (400, 200), sockets=[("clip", "CLIP")], widgets=[("text", PROMPT)],
+        N(9, "CLIPTextEncode", (380, 800), (300, 200), sockets=[("clip", "CLIP")], widgets=[("text", PROMPT)],
           outputs=[("CONDITIONING", "CONDITIONING")]),
-        N(10, "LIPAR_SelfForcingSampler", (1240, 0), (340, 330),
+        N(10, "LIPAR_SelfForcingSampler", (1280, 0), (340, 330),
           sockets=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT")],
-          widgets=[("seed", 42), (None, "fixed"), ("steps", "400,350,250"), ("shift", 5.0), ("chunk_frames", 3),
-                   ("mode", "edit")],
+          widgets=defaults("LIPAR_SelfForcingSampler", seed=SEED),
           outputs=[("latent", "LATENT")]),
-        N(13, "VAEDecode", (1640, 120), (240, 50), sockets=[("samples", "LATENT"), ("vae", "VAE")],
+        N(13, "VAEDecode", (1960, 0), (240, 50), sockets=[("samples", "LATENT"), ("vae", "VAE")],
           outputs=[("IMAGE", "IMAGE")]),
-        N(14, "CreateVideo", (1940, 0), (270, 80), sockets=[("images", "IMAGE")], optional_sockets=[("audio", "AUDIO")],
+        N(14, "CreateVideo", (1960, 100), (270, 80), sockets=[("images", "IMAGE")], optional_sockets=[("audio", "AUDIO")],
           widgets=[("fps", 16.0)], outputs=[("VIDEO", "VIDEO")]),
-        N(15, "SaveVideo", (1940, 140), (440, 500), sockets=[("video", "VIDEO")],
+        N(15, "SaveVideo", (1960, 240), (400, 460), sockets=[("video", "VIDEO")],
           widgets=[("filename_prefix", "video/lipar_edit" if lipar else "video/baseline_edit"), ("format", "auto"),
                    ("codec", "auto")]),
-        N(16, "MarkdownNote", (-480, 0), (420, 620), widgets=[(None, NOTE if lipar else NOTE.replace(
+        N(16, "MarkdownNote", (1680, 780), (500, 420), widgets=[(None, NOTE if lipar else NOTE.replace(
             "## LIPAR video edit", "## Baseline (unpruned) video edit").replace(
             "**Tuning**", "This is the A/B reference: the same graph without pruning, attention recovery and token "
             "restore. Run it first, then lipar_video_edit, to see the speed-up on the sampler.\n\n**Tuning** (in "
@@ -106,17 +139,16 @@ def build(lipar: bool) -> tuple[list[N], list[tuple[int, int, int, str, str]], l
     ]
     if lipar:
         nodes += [
-            N(5, "LIPAR_LatentInterFramePruner", (700, 0), (380, 600),
+            N(5, "LIPAR_LatentInterFramePruner", (740, 0), (380, 600),
               sockets=[("latent", "LATENT")], optional_sockets=[("images", "IMAGE")],
-              widgets=[("threshold", 0.15), ("anchor_threshold", 0.3), ("chunk_frames", 3), ("trim_outliers", 0.0),
-                       ("smooth", 1), ("open_pruned", 0), ("dilate_kept", 1)],
+              widgets=defaults("LIPAR_LatentInterFramePruner"),
               outputs=[("latent", "LATENT"), ("mask_preview", "IMAGE")]),
-            N(7, "LIPAR_AttentionRecoveryPatch", (380, 640), (320, 110), sockets=[("model", "MODEL")],
-              widgets=[("recovery", "noise_aware"), ("recovery_form", "exact"), ("attention_backend", "auto")],
+            N(7, "LIPAR_AttentionRecoveryPatch", (380, 660), (300, 110), sockets=[("model", "MODEL")],
+              widgets=defaults("LIPAR_AttentionRecoveryPatch"),
               outputs=[("model", "MODEL")]),
-            N(11, "LIPAR_TokenRestore", (1640, 0), (240, 50), sockets=[("latent", "LATENT")],
+            N(11, "LIPAR_TokenRestore", (1660, 0), (240, 50), sockets=[("latent", "LATENT")],
               outputs=[("latent", "LATENT")]),
-            N(12, "PreviewImage", (1120, 380), (460, 420), sockets=[("images", "IMAGE")], title="Pruning mask (per frame)"),
+            N(12, "PreviewImage", (1160, 380), (460, 420), sockets=[("images", "IMAGE")], title="Pruning mask (per frame)"),
         ]
         links += [
             (4, 0, 5, "latent", "LATENT"),
@@ -198,7 +230,7 @@ def ui_workflow(name: str, lipar: bool) -> dict:
            "baseline_video_edit": "6c1d7f0e-4a1b-4c55-9d2e-11a1b2c3d402"}[name]
     return {"id": uid, "revision": 0, "last_node_id": max(n.id for n in nodes), "last_link_id": len(links),
             "nodes": out_nodes, "links": ui_links, "groups": ui_groups, "config": {},
-            "extra": {"ds": {"scale": 0.55, "offset": [520, 140]}}, "version": 0.4}
+            "extra": {"ds": {"scale": 0.62, "offset": [100, 190]}}, "version": 0.4}
 
 
 def api_workflow(lipar: bool) -> dict:

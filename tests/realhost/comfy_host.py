@@ -18,6 +18,8 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PACK_LINK_NAME = "comfyui-lipar"   # the folder name users get from cloning the pack
+# Files a person may want to look at after a run (screenshots, logs); conftest prints them.
+ARTIFACTS: list[str] = []
 
 
 def free_port() -> int:

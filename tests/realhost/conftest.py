@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from comfy_host import PACK_LINK_NAME, ComfyServer, run_comfy_python  # noqa: E402
+from comfy_host import ARTIFACTS, PACK_LINK_NAME, ComfyServer, run_comfy_python  # noqa: E402
 
 
 def comfy_setup() -> tuple[str | None, str | None, str | None]:
@@ -48,6 +48,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_terminal_summary(terminalreporter):
+    if ARTIFACTS:
+        terminalreporter.write_sep("-", "LIPAR real-host artifacts")
+        for line in ARTIFACTS:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def comfy():
     comfy_dir, py, reason = comfy_setup()
@@ -71,6 +78,7 @@ def host_base(comfy, tmp_path_factory):
 def server(comfy, host_base):
     srv = ComfyServer(comfy["dir"], comfy["python"], host_base)
     srv.start()
+    ARTIFACTS.append(f"ComfyUI server log: {srv.log_path}")
     print(f"\n[realhost] ComfyUI at {srv.url} (started in {srv.startup_seconds:.1f} s, log {srv.log_path})")
     yield srv
     srv.stop()

@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from comfy_host import execution_error, run_comfy_python  # noqa: E402
+from comfy_host import ARTIFACTS, execution_error, run_comfy_python  # noqa: E402
 
 LIPAR_API = "api/lipar_video_edit_api.json"
 BASELINE_API = "api/baseline_video_edit_api.json"
@@ -87,6 +87,8 @@ def test_baseline_workflow_runs_and_writes_a_video(comfy, server, runs):
     assert info["video_frames"] == CLIP_FRAMES and info["seconds"] > 0
     (v,) = probe(comfy, saved_video(server, h, api))
     print("baseline video:", v)
+    ARTIFACTS.append(f"baseline output video: {v['path']} ({v['frames']} frames {v['width']}x{v['height']}); "
+                     f"sampler {info['seconds']:.3f} s, {info['tokens_computed']}/{info['tokens_full']} tokens")
     assert (v["frames"], v["width"], v["height"], v["codec"]) == (CLIP_FRAMES, CLIP_W, CLIP_H, "h264")
 
 
@@ -121,6 +123,9 @@ def test_lipar_workflow_runs_prunes_and_writes_a_video(comfy, server, runs):
     assert info["tokens_computed"] < info["tokens_full"]
     (v,) = probe(comfy, saved_video(server, h, api))
     print("lipar video:", v)
+    ARTIFACTS.append(f"LIPAR output video: {v['path']} ({v['frames']} frames {v['width']}x{v['height']}); pruned "
+                     f"{stats['prune_ratio'] * 100:.1f}% (per frame {stats['prune_ratio_per_frame']}); sampler "
+                     f"{info['seconds']:.3f} s, {info['tokens_computed']}/{info['tokens_full']} tokens")
     assert (v["frames"], v["width"], v["height"], v["codec"]) == (CLIP_FRAMES, CLIP_W, CLIP_H, "h264")
     base_api, base_h = runs["baseline"]
     (b,) = probe(comfy, saved_video(server, base_h, base_api))
