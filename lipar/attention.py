@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lipar.errors import LiparError
 
 BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
-BIAS_MODES = ("auto", "mask", "fold", "value")
+BIAS_MODES = ("auto", "mask", "fold")
 _NEG = -30000.0  # large enough that exp() underflows to 0, small enough for bf16 keys
 
 
@@ -110,19 +110,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_bias: to
     key_bias: optional ``[B, Lk]`` or ``[Lk]`` float added to every query's score of a key.
     backend: an already-resolved backend ("sdpa" or "flash_attn").
     bias_mode: "mask" passes the bias to SDPA as a broadcast mask; "fold" uses
-    ``fold_key_bias`` (an extra query/key channel); "value" uses ``attention_weighted``
-    (multiplicities exp(bias) in an extra value channel); "auto" = "mask" for plain sdpa,
-    "fold" for cudnn and flash_attn (on an H100 fold and value ran alike, 30% under the
-    unbiased cuDNN kernel; fold needed less memory).
+    ``fold_key_bias`` (an extra query/key channel); "auto" = "mask" for plain sdpa, "fold"
+    for cudnn and flash_attn (on an H100 the fold ran 30% under the unbiased cuDNN kernel,
+    a mask or multiplicities in an extra value channel no better; see benchmarks/NOTES.md).
     """
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d)
     if key_bias is None:
         return _kernel(q, k, v, scale, backend)
-    mode = resolve_bias_mode(bias_mode, backend)
-    if mode == "value":
-        return attention_weighted(q, k, v, key_bias.exp().view(-1), backend=backend)
-    if mode == "fold":
+    if resolve_bias_mode(bias_mode, backend) == "fold":
         qp, kp, vp, scale = fold_key_bias(q, k, v, key_bias)
         return _kernel(qp, kp, vp, scale, backend)[..., :d]
     mask = key_bias.to(q.dtype)
@@ -148,27 +144,6 @@ def attention_folded(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     qp[..., :d] = q
     qp[..., d] = 1.0
     return _kernel(qp, keys, values, 1.0 / math.sqrt(d), backend)[..., :d]
-
-
-def attention_weighted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor, *, backend: str,
-                       scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention where key j counts ``weight[j]`` times (a multiplicity; 0 masks it):
-    ``sum_j w_j e^{s_j} v_j / sum_j w_j e^{s_j}``, exactly, with unchanged queries and keys.
-
-    The weights ride in an extra *value* channel: v' = [w v, w], so a plain kernel returns
-    both the weighted numerator and the denominator. q, k: [B, L, H, D]; v: [B, Lk, H, D];
-    weight: [Lk]; scratch: optional [B, >=Lk, H, fold_width(D)] buffer for v'.
-    """
-    b, lk, h, d = v.shape
-    width = fold_width(d)
-    if scratch is None:
-        scratch = v.new_zeros(b, lk, h, width)
-    vp = scratch[:, :lk]
-    w = weight.to(v.dtype).view(1, lk, 1, 1)
-    torch.mul(v, w, out=vp[..., :d])
-    vp[..., d:d + 1] = w
-    o = _kernel(q, k, vp, 1.0 / math.sqrt(d), backend)
-    return o[..., :d] / o[..., d:d + 1]
 
 
 def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int) -> None:

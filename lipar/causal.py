@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipar.attention import attention, attention_folded, attention_weighted, resolve_bias_mode, fold_width, resolve_backend, sdpa_context
+from lipar.attention import attention, attention_folded, resolve_bias_mode, fold_width, resolve_backend, sdpa_context
 from lipar.config import WanConfig, infer_config
 from lipar.errors import LiparError
 from lipar.recovery import ChunkLayout, fill_keys
@@ -77,7 +77,6 @@ class CausalWan:
         # How recovery's per-key log-multiplicities reach the kernel (see lipar.attention).
         self.bias_mode = resolve_bias_mode(bias_mode, self.backend)
         self.fold_bias = self.bias_mode == "fold"   # keys cached with the extra bias channel
-        self._value_scratch: torch.Tensor | None = None
         self._dup_scratch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.text_k: torch.Tensor | None = None   # [layers, B, Ltext, H, D]
         self.text_v: torch.Tensor | None = None
@@ -138,16 +137,7 @@ class CausalWan:
         return self.cache_k is not None and self.cache_k.shape[-1] != self.cfg.head_dim
 
     def release(self) -> None:
-        self.text_k = self.text_v = self.cache_k = self.cache_v = self._value_scratch = None
-        self._dup_scratch = None
-
-    def _scratch(self, shape) -> torch.Tensor:
-        """Weighted-value buffer [B, capacity, H, fold_width(D)], made once per run."""
-        b, _, h, d = shape
-        cap = self.cache_v.shape[2]
-        if self._value_scratch is None or self._value_scratch.shape[0] != b:
-            self._value_scratch = torch.zeros(b, cap, h, fold_width(d), device=self.device, dtype=self.dtype)
-        return self._value_scratch
+        self.text_k = self.text_v = self.cache_k = self.cache_v = self._dup_scratch = None
 
     # ---- one pass ----------------------------------------------------------------
     def time_embeddings(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,9 +192,6 @@ class CausalWan:
         keys, values = fill_keys(self.cache_k[i], self.cache_v[i], k, v, lay, scratch=self._dup_scratch)
         if self.folded:   # bias channel written by fill_keys (zero = multiplicity 1 where none)
             return attention_folded(q, keys, values, backend=self.backend)
-        if lay.key_bias is not None and self.bias_mode == "value":
-            return attention_weighted(q, keys, values, lay.key_weight, backend=self.backend,
-                                      scratch=self._scratch(values.shape))
         return attention(q, keys, values, key_bias=lay.key_bias, backend=self.backend, bias_mode=self.bias_mode)
 
     def post_attention(self, i: int, x: torch.Tensor, a: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,6 @@ class ChunkLayout:
     dup_src: torch.Tensor | None = None   # [Nd] key-buffer index of each duplicate's stand-in
     dup_rope: torch.Tensor | None = None  # [Nd, D/2] complex frame-axis rotation of the duplicate
     key_bias: torch.Tensor | None = None  # [L_c + Nk] log-multiplicity per key (compressed form)
-    key_weight: torch.Tensor | None = None  # [L_c + Nk] multiplicity per key (= exp(key_bias))
 
     @property
     def num_dups(self) -> int:
@@ -141,8 +140,7 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
             else:
                 if pruned.numel():   # no pruned token visible (e.g. chunk 0): plain attention
                     m = torch.bincount(stand_pos, minlength=offsets[c + 1])
-                    lay.key_weight = 1.0 + m.to(dtype)
-                    lay.key_bias = torch.log(lay.key_weight)
+                    lay.key_bias = torch.log1p(m.to(dtype))
         layouts.append(lay)
     return layouts
 

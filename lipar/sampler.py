@@ -40,7 +40,7 @@ class SamplerConfig:
     recovery: str = "noise_aware"          # none | m_degree | noise_aware
     recovery_form: str = "compressed"      # compressed (log-multiplicity) | exact (materialised duplicates)
     backend: str = "auto"                  # auto (cudnn on CUDA) | sdpa | cudnn | flash_attn
-    bias_mode: str = "auto"                # how a per-key bias reaches the kernel: auto | mask | fold
+    bias_mode: str = "auto"                # how compressed recovery's bias reaches the kernel: auto | mask | fold
     dtype: torch.dtype | None = None       # compute dtype; None: bfloat16 on CUDA, float32 elsewhere
     cache_last_chunk: bool = False         # run the (unused) cache-update pass after the last chunk too
     cuda_graphs: bool | None = None        # replay passes as CUDA graphs; None: on for CUDA devices

@@ -154,17 +154,3 @@ def test_fold_bias_equals_mask_bias():
     assert (a - b).abs().max().item() < 1e-10
     qp, kp, vp, scale = fold_key_bias(q, k, v, bias)
     assert qp.shape[-1] % 8 == 0 and scale == pytest.approx(16 ** -0.5)
-
-
-def test_value_weighted_attention_equals_bias():
-    from lipar.attention import attention_weighted
-
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(1, 13, 2, 16, generator=g, dtype=torch.float64) for _ in range(3))
-    w = torch.randint(0, 5, (13,), generator=g).double()
-    w[0] = 1.0   # at least one key counts
-    ref = attention(q, k, v, key_bias=torch.log(w), backend="sdpa", bias_mode="mask")
-    out = attention_weighted(q, k, v, w, backend="sdpa")
-    assert (out - ref).abs().max().item() < 1e-12
-    via_mode = attention(q, k, v, key_bias=torch.log(w), backend="sdpa", bias_mode="value")
-    assert (via_mode - ref).abs().max().item() < 1e-12
