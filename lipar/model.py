@@ -7,13 +7,15 @@ any module tree with these names (this one, or ComfyUI's loaded ``WanModel``).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lipar.config import WanConfig
 
 
 class WanRMSNorm(nn.Module):
-    """RMSNorm over the last dim, computed in at least float32 (Wan's ``norm_q``/``norm_k``)."""
+    """RMSNorm over the last dim (Wan's ``norm_q``/``norm_k``); PyTorch's fused kernel
+    accumulates in float32 for half-precision inputs."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -21,8 +23,7 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float() if x.element_size() < 4 else x
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
 
 
 class WanAttentionWeights(nn.Module):

@@ -44,6 +44,10 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     table: [N, D/2] complex (``rope_table``). Computed in the table's precision (float32 or
     float64), returned in x's dtype: three kernels (cast, complex multiply, cast back).
     """
+    from lipar.kernels import rope_supported, rope_triton
+
+    if rope_supported(x, table):        # one fused pass on CUDA
+        return rope_triton(x, table)
     b, n, h, d = x.shape
     real = torch.float64 if table.dtype == torch.complex128 else torch.float32
     xc = torch.view_as_complex(x.to(real).reshape(b, n, h, d // 2, 2))

@@ -61,3 +61,17 @@ def test_cuda_graph_passes_equal_eager_passes(form, bias_mode):
         assert outs[1].info["cuda_graphs"] and not outs[0].info["cuda_graphs"]
         err = _rel(outs[1].latent, outs[0].latent)
         assert err < 1e-2, (p is not None, err)
+
+
+def test_triton_rope_matches_torch_rope():
+    from lipar.kernels import rope_supported, rope_triton
+    from lipar.rope import rope_angles, rope_table, token_positions
+
+    pos = token_positions(3, 5, 7)
+    table = rope_table(rope_angles(pos, lipar.WAN_1_3B)).cuda()
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(1, pos.shape[0], 12, 128, device="cuda", dtype=dtype)
+        assert rope_supported(x, table)
+        ref = torch.view_as_real(torch.view_as_complex(x.float().reshape(1, -1, 12, 64, 2)) * table.view(1, -1, 1, 64))
+        out = rope_triton(x, table)
+        assert _rel(out, ref.flatten(-2)) < (1e-2 if dtype == torch.bfloat16 else 1e-6), dtype
