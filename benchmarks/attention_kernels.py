@@ -11,7 +11,6 @@ compiles. Prints a table and writes JSON to benchmarks/results/attention_kernels
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 

@@ -220,7 +220,7 @@ def run_bench(o: BenchOptions) -> dict[str, Any]:
                    "plan_seconds": round(plan_s, 6), "restore_seconds": round(restore_s, 6),
                    "threshold": plan.config.threshold, "anchor_threshold": plan.config.anchor_threshold,
                    "kept_per_chunk": plan.kept_per_chunk()[0]})
-    keep_px = plan.keep.repeat_interleave(2, 2).repeat_interleave(2, 3).unsqueeze(1).expand_as(base_res.latent)
+    keep_px = plan.pixel_mask().expand_as(base_res.latent)
     ref = base_res.latent
     modes: dict[str, Any] = {}
     forms = [f for f in o.forms.split(",") if f]

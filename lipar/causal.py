@@ -136,6 +136,9 @@ class CausalWan:
     def folded(self) -> bool:
         return self.cache_k is not None and self.cache_k.shape[-1] != self.cfg.head_dim
 
+    def plan_buckets(self, layouts: list[ChunkLayout]) -> None:
+        """Eager passes take any shape; ``GraphedCausalWan`` picks its CUDA-graph buckets here."""
+
     def release(self) -> None:
         self.text_k = self.text_v = self.cache_k = self.cache_v = self._dup_scratch = None
 

@@ -104,6 +104,10 @@ class PruningPlan:
     def tokens_total(self) -> int:
         return self.keep[0].numel()
 
+    def pixel_mask(self) -> torch.Tensor:
+        """Keep mask at latent-pixel resolution: bool [B, 1, T, H, W] (broadcasts over channels)."""
+        return self.keep.repeat_interleave(2, 2).repeat_interleave(2, 3).unsqueeze(1)
+
     # ---- statistics --------------------------------------------------------------
     def prune_ratio(self) -> float:
         """Fraction of all tokens pruned (mean over the batch)."""

@@ -147,57 +147,24 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     noise = torch.randn((len(steps), b, c, t, h, w), generator=gen).to(device, state_dtype)
     src = latent.to(device, state_dtype)
     out = torch.zeros_like(src)
-    tokens_computed = 0
-    done = 0
 
+    progress = _Progress(on_pass, total)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     try:
         for bi in range(b):
+            ctx = context[bi:bi + 1] if context.shape[0] == b else context
             sample_plan = plan.select(bi) if plan is not None else None
-            layouts = build_layouts((1,) + tuple(latent.shape[1:]), runner.cfg, cf, plan=sample_plan, mode=config.recovery,
-                                    form=config.recovery_form, device=device,
-                                    dtype=state_dtype)
-            if use_graphs:
-                runner.plan_buckets(layouts)
-            # The cache holds kept tokens only; materialised duplicates (exact form) are assembled
-            # per layer in one scratch buffer.
-            runner.allocate_cache(1, max(lay.cache_len + lay.num_kept for lay in layouts),
-                                  folded=runner.fold_bias and any(lay.key_bias is not None for lay in layouts),
-                                  scratch=max(lay.key_len for lay in layouts) if any(lay.num_dups for lay in layouts) else 0)
-            runner.encode_text(context[bi:bi + 1] if context.shape[0] == b else context)
-            for lay in layouts:
-                sl = slice(lay.frame_start, lay.frame_start + lay.frames)
-                x = noise[0, bi:bi + 1, :, sl]
-                if config.mode == "edit":
-                    x = (1.0 - sig[0]) * src[bi:bi + 1, :, sl] + sig[0] * x
-                x0 = x
-                for i, s in enumerate(sig):
-                    if on_pass is not None:
-                        on_pass(PassInfo(bi, lay.index, n_chunks, i, len(steps), done, total))
-                    tt = torch.full((1, 1), s * 1000.0, device=device)
-                    v = runner.forward_chunk(x, tt, lay).to(state_dtype)
-                    x0 = x - s * v
-                    if i + 1 < len(sig):
-                        x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * noise[i + 1, bi:bi + 1, :, sl]
-                    done += 1
-                    tokens_computed += lay.num_kept
-                out[bi:bi + 1, :, sl] = x0
-                if lay.index < cache_passes:
-                    if on_pass is not None:
-                        on_pass(PassInfo(bi, lay.index, n_chunks, len(steps), len(steps), done, total))
-                    runner.forward_chunk(x0, torch.zeros((1, 1), device=device), lay)
-                    done += 1
-                    tokens_computed += lay.num_kept
+            out[bi:bi + 1] = _sample_one(runner, ctx, src[bi:bi + 1], noise[:, bi:bi + 1], sample_plan, config,
+                                         sig, cache_passes, progress.at_sample(bi))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     finally:
         runner.release()
     seconds = time.perf_counter() - start
     if plan is not None:
-        keep_px = plan.keep.to(device).repeat_interleave(2, 2).repeat_interleave(2, 3).unsqueeze(1)
-        out = torch.where(keep_px, out, torch.zeros_like(out))
+        out = torch.where(plan.pixel_mask().to(device), out, torch.zeros_like(out))
     tokens_full = total * cf * (h // 2) * (w // 2)
     info = {"steps": list(steps), "sigmas": sig, "chunks": n_chunks, "dtype": str(dtype).replace("torch.", ""),
             "backend": runner.backend, "recovery": config.recovery if plan is not None else "unpruned",
@@ -205,4 +172,63 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             "capture_seconds": round(getattr(runner, "capture_seconds", 0.0), 4)}
     if plan is not None:
         info.update(plan.stats())
-    return SampleResult(out.to(latent.dtype), seconds, total, tokens_computed, tokens_full, info)
+    return SampleResult(out.to(latent.dtype), seconds, total, progress.tokens, tokens_full, info)
+
+
+class _Progress:
+    """Counts passes and computed tokens, and reports each pass to ``on_pass``."""
+
+    def __init__(self, on_pass: Callable[[PassInfo], None] | None, total: int):
+        self.on_pass, self.total = on_pass, total
+        self.done = self.tokens = 0
+        self.sample = 0
+
+    def at_sample(self, index: int) -> "_Progress":
+        self.sample = index
+        return self
+
+    def before(self, chunk: int, num_chunks: int, step: int, num_steps: int) -> None:
+        if self.on_pass is not None:
+            self.on_pass(PassInfo(self.sample, chunk, num_chunks, step, num_steps, self.done, self.total))
+
+    def after(self, tokens: int) -> None:
+        self.done += 1
+        self.tokens += tokens
+
+
+def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noise: torch.Tensor,
+                plan: PruningPlan | None, config: SamplerConfig, sig: list[float], cache_passes: int,
+                progress: _Progress) -> torch.Tensor:
+    """Sample one video. src [1, C, T, H, W]; noise [steps, 1, C, T, H, W] -> x0 [1, C, T, H, W]."""
+    device = src.device
+    cf = config.chunk_frames
+    layouts = build_layouts(tuple(src.shape), runner.cfg, cf, plan=plan, mode=config.recovery,
+                            form=config.recovery_form, device=device, dtype=src.dtype)
+    runner.plan_buckets(layouts)
+    # The cache holds kept tokens only; materialised duplicates (exact form) are assembled
+    # per layer in one scratch buffer.
+    runner.allocate_cache(1, max(lay.cache_len + lay.num_kept for lay in layouts),
+                          folded=runner.fold_bias and any(lay.key_bias is not None for lay in layouts),
+                          scratch=max(lay.key_len for lay in layouts) if any(lay.num_dups for lay in layouts) else 0)
+    runner.encode_text(context)
+    out = torch.zeros_like(src)
+    n_steps, n_chunks = len(sig), len(layouts)
+    for lay in layouts:
+        sl = slice(lay.frame_start, lay.frame_start + lay.frames)
+        x = noise[0, :, :, sl]
+        if config.mode == "edit":   # SDEdit: the source noised to the first step
+            x = (1.0 - sig[0]) * src[:, :, sl] + sig[0] * x
+        x0 = x
+        for i, s in enumerate(sig):
+            progress.before(lay.index, n_chunks, i, n_steps)
+            v = runner.forward_chunk(x, torch.full((1, 1), s * 1000.0, device=device), lay).to(src.dtype)
+            x0 = x - s * v
+            if i + 1 < n_steps:      # re-noise with fresh noise to the next step
+                x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * noise[i + 1, :, :, sl]
+            progress.after(lay.num_kept)
+        out[:, :, sl] = x0
+        if lay.index < cache_passes:  # clean pass at t=0: its keys/values become this chunk's cache
+            progress.before(lay.index, n_chunks, n_steps, n_steps)
+            runner.forward_chunk(x0, torch.zeros((1, 1), device=device), lay)
+            progress.after(lay.num_kept)
+    return out

@@ -129,7 +129,7 @@ def sample(model, positive, latent, **kw):
 
 
 def keep_pixels(plan, like):
-    return plan.keep.repeat_interleave(2, 2).repeat_interleave(2, 3).unsqueeze(1).expand_as(like)
+    return plan.pixel_mask().expand_as(like)
 
 
 # ---- public API --------------------------------------------------------------------------

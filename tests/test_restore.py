@@ -12,7 +12,7 @@ def test_restore_round_trip_copies_from_previous_frame():
     plan = build_plan(z, PlanConfig(smooth=1, dilate_kept=0))
     assert 0.3 < plan.prune_ratio() < 0.8
     # what the sampler hands back: kept tokens computed, pruned tokens zero
-    keep_px = plan.keep.repeat_interleave(2, 2).repeat_interleave(2, 3).unsqueeze(1)
+    keep_px = plan.pixel_mask()
     out = torch.where(keep_px, z, torch.zeros_like(z))
     restored = restore_latent(out, plan)
     expect = z.clone()

@@ -44,7 +44,7 @@ def test_pruned_run_computes_fewer_tokens_and_stays_close_on_kept_tokens(model, 
     plan = build_plan(clip)
     assert 0.1 < plan.prune_ratio() < 0.7
     base = lipar.sample(model, CTX, clip, config=lipar.SamplerConfig(seed=2)).latent
-    keep_px = plan.keep.repeat_interleave(2, 2).repeat_interleave(2, 3).unsqueeze(1).expand_as(base)
+    keep_px = plan.pixel_mask().expand_as(base)
     for form in ("exact", "compressed"):
         for mode in ("none", "m_degree", "noise_aware"):
             cfg = lipar.SamplerConfig(seed=2, recovery=mode, recovery_form=form)
