@@ -46,8 +46,6 @@ def test_fold_and_mask_bias_agree_on_gpu():
 
 @pytest.mark.parametrize("form,bias_mode", [("exact", "auto"), ("compressed", "fold"), ("compressed", "mask")])
 def test_cuda_graph_passes_equal_eager_passes(form, bias_mode):
-    from lipar.graphs import choose_buckets
-
     clip = make_clip(ClipSpec(latent_frames=9, height=32, width=48, objects=2, object_size=0.3))
     ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(1))
     model = lipar.build_model(lipar.TINY, seed=4, dtype=torch.bfloat16, device="cuda")
