@@ -135,17 +135,24 @@ def _kernel(q, k, v, scale: float, backend: str) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def attention_folded(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, backend: str) -> torch.Tensor:
-    """Attention over keys/values stored folded (``[B, Lk, H, W]``, W = fold_width(D)): the
-    key's channel D holds ``bias * sqrt(D)``, the rest of the padding is zero.
-    q: [B, Lq, H, D] -> [B, Lq, H, D]."""
+def attention_folded(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, backend: str,
+                     out: dict | None = None) -> torch.Tensor:
+    """Attention over folded keys (``[B, Lk, H, W]``, W = fold_width(D): channel D holds
+    ``bias * sqrt(D)``, the rest of the padding is zero) and plain values ``[B, Lk, H, D]``.
+    q: [B, Lq, H, D] -> [B, Lq, H, D]. ``out``: a dict that keeps the padded-query buffer
+    between calls (keyed by shape), so each call only copies q into it."""
     d = q.shape[-1]
-    qp = q.new_zeros(*q.shape[:-1], keys.shape[-1])
+    shape = tuple(q.shape[:-1]) + (keys.shape[-1],)
+    qp = None if out is None else out.get(shape)
+    if qp is None:
+        qp = q.new_zeros(shape)
+        qp[..., d] = 1.0
+        if out is not None:
+            out[shape] = qp
     qp[..., :d] = q
-    qp[..., d] = 1.0
-    return _kernel(qp, keys, values, 1.0 / math.sqrt(d), backend)[..., :d]
+    return _kernel(qp, keys, values, 1.0 / math.sqrt(d), backend)
 
 
 def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int) -> None:
-    """Store a per-key bias [Lk] into channel d of folded keys [B, >=Lk, H, W]."""
-    keys[:, :key_bias.shape[-1], :, d] = (key_bias.clamp(min=_NEG) * math.sqrt(d)).view(1, -1, 1).to(keys.dtype)
+    """Store a per-key bias [Lk] into channel d of folded keys [..., >=Lk, H, W] (any leading dims)."""
+    keys[..., :key_bias.shape[-1], :, d] = (key_bias.clamp(min=_NEG) * math.sqrt(d)).view(-1, 1).to(keys.dtype)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipar.attention import attention, attention_folded, resolve_bias_mode, fold_width, resolve_backend, sdpa_context
+from lipar.attention import (attention, attention_folded, fold_width, resolve_backend, resolve_bias_mode, sdpa_context,
+                             write_folded_bias)
 from lipar.config import WanConfig, infer_config
 from lipar.errors import LiparError
 from lipar.recovery import ChunkLayout, fill_keys
@@ -78,6 +79,7 @@ class CausalWan:
         self.bias_mode = resolve_bias_mode(bias_mode, self.backend)
         self.fold_bias = self.bias_mode == "fold"   # keys cached with the extra bias channel
         self._dup_scratch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._folded_q: dict | None = None      # reusable padded-query buffers (folded keys)
         self.text_k: torch.Tensor | None = None   # [layers, B, Ltext, H, D]
         self.text_v: torch.Tensor | None = None
         self.cache_k: torch.Tensor | None = None  # [layers, B, capacity, H, D]
@@ -115,32 +117,39 @@ class CausalWan:
         self.text_k, self.text_v = out
 
     def allocate_cache(self, batch: int, capacity: int, folded: bool = False, scratch: int = 0) -> None:
-        """KV cache buffers ``[layers, B, capacity, H, W]``; W = head_dim, or head_dim + 1
-        padded to a multiple of 8 when a per-key bias is folded into the keys. ``scratch``:
-        token length of the one-layer buffers where materialised duplicates are assembled."""
+        """KV cache buffers: keys ``[layers, B, capacity, H, W]`` with W = head_dim, or
+        head_dim + 1 padded to a multiple of 8 when a per-key bias is folded into the keys;
+        values ``[layers, B, capacity, H, head_dim]``. ``scratch``: token length of the
+        one-layer buffers where materialised duplicates are assembled."""
         cfg = self.cfg
-        width = fold_width(cfg.head_dim) if folded else cfg.head_dim
-        shape = (cfg.num_layers, batch, capacity, cfg.num_heads, width)
-        self.cache_k = torch.empty(shape, device=self.device, dtype=self.dtype)
-        self.cache_v = torch.empty(shape, device=self.device, dtype=self.dtype)
+        kw = fold_width(cfg.head_dim) if folded else cfg.head_dim
+        kshape = (cfg.num_layers, batch, capacity, cfg.num_heads, kw)
+        vshape = kshape[:-1] + (cfg.head_dim,)
+        self.cache_k = torch.empty(kshape, device=self.device, dtype=self.dtype)
+        self.cache_v = torch.empty(vshape, device=self.device, dtype=self.dtype)
         self._dup_scratch = None
         if scratch:
-            sshape = (batch, scratch, cfg.num_heads, width)
-            self._dup_scratch = (torch.empty(sshape, device=self.device, dtype=self.dtype),
-                                 torch.empty(sshape, device=self.device, dtype=self.dtype))
-        if folded:   # padding channels stay zero; the bias channel of k is written per pass
+            self._dup_scratch = (torch.empty((batch, scratch) + kshape[3:], device=self.device, dtype=self.dtype),
+                                 torch.empty((batch, scratch) + vshape[3:], device=self.device, dtype=self.dtype))
+        self._folded_q = None
+        if folded:   # padding channels stay zero; the bias channel is written per chunk
             self.cache_k[..., cfg.head_dim:].zero_()
-            self.cache_v[..., cfg.head_dim:].zero_()
 
     @property
     def folded(self) -> bool:
         return self.cache_k is not None and self.cache_k.shape[-1] != self.cfg.head_dim
 
+    def begin_chunk(self, lay: ChunkLayout) -> None:
+        """Before a chunk's passes: with folded keys, write the chunk's per-key bias into the
+        bias channel of every layer's cache once (the passes only write channels < D)."""
+        if self.folded and lay.key_bias is not None:
+            write_folded_bias(self.cache_k, lay.key_bias, self.cfg.head_dim)
+
     def plan_buckets(self, layouts: list[ChunkLayout]) -> None:
         """Eager passes take any shape; ``GraphedCausalWan`` picks its CUDA-graph buckets here."""
 
     def release(self) -> None:
-        self.text_k = self.text_v = self.cache_k = self.cache_v = self._dup_scratch = None
+        self.text_k = self.text_v = self.cache_k = self.cache_v = self._dup_scratch = self._folded_q = None
 
     # ---- one pass ----------------------------------------------------------------
     def time_embeddings(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,8 +202,8 @@ class CausalWan:
     def self_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
         """Store this chunk's k/v in layer i's cache, add recovery keys, attend: [B, Nk, H, D]."""
         keys, values = fill_keys(self.cache_k[i], self.cache_v[i], k, v, lay, scratch=self._dup_scratch)
-        if self.folded:   # bias channel written by fill_keys (zero = multiplicity 1 where none)
-            return attention_folded(q, keys, values, backend=self.backend)
+        if self.folded:   # bias channel written by begin_chunk (zero = multiplicity 1 where none)
+            return attention_folded(q, keys, values, backend=self.backend, out=self._folded_q)
         return attention(q, keys, values, key_bias=lay.key_bias, backend=self.backend, bias_mode=self.bias_mode)
 
     def post_attention(self, i: int, x: torch.Tensor, a: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import torch
 
-from lipar.attention import write_folded_bias
 from lipar.config import WanConfig
 from lipar.errors import LiparError
 from lipar.plan import PruningPlan
@@ -150,8 +149,9 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write a chunk's keys/values into one layer's cache and add its duplicates.
 
-    kb, vb: [B, capacity, H, W] key/value cache of one layer (earlier chunks at [0, L_c));
-            W = D, or the folded width (then channel D of kb carries the layout's key bias).
+    kb, vb: key [B, capacity, H, W] and value [B, capacity, H, D] cache of one layer (earlier
+            chunks at [0, L_c)); W = D, or the folded width (channel D then carries the
+            chunk's key bias, written by ``CausalWan.begin_chunk``; only channels < D here).
     k, v:   [B, Nk, H, D] this chunk's RoPE'd keys and values.
     scratch: optional [B, >= key_len, H, D] buffers shared by all layers; with it,
             duplicates are assembled there (with a copy of the cached keys) so the cache
@@ -161,17 +161,15 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
     d = k.shape[-1]
     c0, c1 = lay.cache_len, lay.cache_len + lay.num_kept
     kb[:, c0:c1, :, :d] = k
-    vb[:, c0:c1, :, :d] = v
+    vb[:, c0:c1] = v
     if lay.num_dups:
         dk = apply_rope(kb[:, lay.dup_src, :, :d], lay.dup_rope)
-        dv = vb[:, lay.dup_src, :, :d]
+        dv = vb[:, lay.dup_src]
         if scratch is not None:
             sk, sv = scratch
             sk[:, :c1] = kb[:, :c1]
             sv[:, :c1] = vb[:, :c1]
             kb, vb = sk, sv
         kb[:, c1:lay.key_len, :, :d] = dk
-        vb[:, c1:lay.key_len, :, :d] = dv
-    if kb.shape[-1] != d and lay.key_bias is not None:     # folded layout: bias channel
-        write_folded_bias(kb, lay.key_bias, d)
+        vb[:, c1:lay.key_len] = dv
     return kb[:, :lay.key_len], vb[:, :lay.key_len]

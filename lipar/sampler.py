@@ -214,6 +214,7 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
     out = torch.zeros_like(src)
     n_steps, n_chunks = len(sig), len(layouts)
     for lay in layouts:
+        runner.begin_chunk(lay)
         sl = slice(lay.frame_start, lay.frame_start + lay.frames)
         x = noise[0, :, :, sl]
         if config.mode == "edit":   # SDEdit: the source noised to the first step
