@@ -30,11 +30,16 @@ from lipar.causal import CausalWan
 from lipar.recovery import ChunkLayout
 
 
-def choose_buckets(needs: list[int], existing: list[int] = (), granularity: int = 64,
+def choose_buckets(needs: list[int], existing: list[int] = (), granularity: int = 8,
                    max_waste: float = 0.1) -> dict[int, int]:
     """Map each token count to a bucket size: an existing bucket (e.g. graphs captured by an
     earlier run) or one made here (the count rounded up to ``granularity``), sharing a
-    bucket whenever its padding stays within ``max_waste`` of the real count."""
+    bucket whenever its padding stays within ``max_waste`` of the real count.
+
+    Padding is paid in every pass of the chunk, a bucket's capture and memory once: on the
+    H100, allowing only 4% padding (one more bucket) saved 0.8% of the pruned time and
+    cost 2% more peak memory, so 10% it is; granularity 8 keeps a full 832x480 chunk
+    (4680 tokens) unpadded."""
     buckets: list[int] = list(existing)
     out: dict[int, int] = {}
     for n in sorted(set(needs), reverse=True):
@@ -97,7 +102,7 @@ class GraphedCausalWan(CausalWan):
 
     MAX_SETS = 6   # graph sets kept per model (least recently used go first)
 
-    def __init__(self, *args, granularity: int = 64, **kw):
+    def __init__(self, *args, granularity: int = 8, **kw):
         super().__init__(*args, **kw)
         if self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")

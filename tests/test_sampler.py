@@ -130,8 +130,12 @@ def test_folded_bias_cache_equals_mask_bias(model, clip):
 def test_choose_buckets_shares_within_waste_and_reuses_existing():
     from lipar.graphs import choose_buckets
 
-    got = choose_buckets([4680, 2831, 2863, 2633, 4680], granularity=64)
+    got = choose_buckets([4680, 2831, 2863, 2633, 4680], granularity=64, max_waste=0.1)
     assert got == {4680: 4736, 2863: 2880, 2831: 2880, 2633: 2880}
     assert all(b >= n and b - n <= 0.1 * n for n, b in got.items())
-    assert choose_buckets([2700], existing=[2880]) == {2700: 2880}
-    assert choose_buckets([1000], existing=[2880]) == {1000: 1024}
+    assert choose_buckets([2700], existing=[2880], max_waste=0.1) == {2700: 2880}
+    assert choose_buckets([1000], existing=[2880]) == {1000: 1000}
+    got = choose_buckets([4680, 3071, 2844, 2841, 2807, 2797, 2678])   # defaults: multiples of 8, <= 10% padding
+    assert got == {4680: 4680, 3071: 3072, 2844: 3072, 2841: 3072, 2807: 3072, 2797: 3072, 2678: 2680}
+    got = choose_buckets([4680, 3071, 2844, 2841, 2807, 2797, 2678], max_waste=0.04)
+    assert got == {4680: 4680, 3071: 3072, 2844: 2848, 2841: 2848, 2807: 2848, 2797: 2848, 2678: 2680}
