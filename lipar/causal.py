@@ -23,7 +23,7 @@ from lipar.attention import (attention, attention_folded, fold_width, resolve_ba
                              write_folded_bias)
 from lipar.config import WanConfig, infer_config
 from lipar.errors import LiparError
-from lipar.recovery import ChunkLayout, fill_keys
+from lipar.recovery import ChunkLayout, build_layouts, fill_keys
 from lipar.rope import apply_rope
 
 WAN_PARAMETERS = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
@@ -244,8 +244,6 @@ def forward_once(module: nn.Module, latent: torch.Tensor, timestep: torch.Tensor
 
     latent [B, 16, F, H, W], timestep [B] or [B, F], context [B, L, text_dim] -> flow [B, 16, F, H, W].
     """
-    from lipar.recovery import build_layouts
-
     device = latent.device
     runner = CausalWan(module, device=device, dtype=dtype or latent.dtype, backend=backend)
     b, _, f, h, w = latent.shape

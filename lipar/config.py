@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -96,7 +96,3 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> WanConfig:
         out_dim=int(head_w.shape[0]) // 4,
         patch_size=tuple(int(s) for s in pe.shape[2:]),
     ).validate()
-
-
-def with_overrides(config: WanConfig, **kw) -> WanConfig:
-    return replace(config, **kw).validate()

@@ -40,9 +40,3 @@ def check_latent(latent: object, *, chunk_frames: int | None = None, channels: i
     if not bool(torch.isfinite(latent).all()):
         raise LiparError(f"The {what} contains NaN or Inf values; check the VAE encode step (try an fp32 VAE).")
     return latent
-
-
-def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
-    if not bool(torch.isfinite(x).all()):
-        raise LiparError(f"The {what} contains NaN or Inf values.")
-    return x
