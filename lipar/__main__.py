@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--backend", default="auto", choices=["auto", "sdpa", "cudnn", "flash_attn"])
     b.add_argument("--graphs", default="auto", choices=["auto", "on", "off"], help="CUDA-graph passes (auto: on CUDA)")
-    b.add_argument("--bias-mode", default="auto", choices=["auto", "mask", "fold"],
+    b.add_argument("--bias-mode", default="auto", choices=["auto", "split", "mask", "fold"],
                    help="how compressed recovery's multiplicities reach the attention kernel")
     b.add_argument("--modes", default="none,m_degree,noise_aware", help="recovery modes to compare")
     b.add_argument("--json", action="store_true", help="print one line of JSON")

@@ -8,8 +8,10 @@ and ``auto``: cudnn on CUDA, else sdpa.
 All tensors are ``[B, L, H, D]``. A per-key additive score bias ``key_bias [B, Lk]``
 (or ``[Lk]``) carries attention recovery's log-multiplicities and masks padding keys
 (-inf). It is never a per-pair matrix: kernels either take it as a broadcast bias
-(SDPA) or fold it into one extra query/key channel ("fold"), which keeps any
-FlashAttention-style kernel usable.
+(SDPA), fold it into one extra query/key channel ("fold"), which keeps any
+FlashAttention-style kernel usable, or ("split", the sampler's default on CUDA) run the
+keys that never carry a bias through plain cuDNN attention and continue over the biased
+ones with lipar's own Triton kernel (``lipar.flash_bias``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from lipar.errors import LiparError
 
 BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
-BIAS_MODES = ("auto", "mask", "fold")
+BIAS_MODES = ("auto", "split", "mask", "fold")
 _NEG = -30000.0  # large enough that exp() underflows to 0, small enough for bf16 keys
 
 
@@ -68,11 +70,29 @@ def sdpa_context(backend: str):
     return sdpa_kernel(order, set_priority=True)
 
 
-def resolve_bias_mode(bias_mode: str, backend: str) -> str:
+def split_available(backend: str, device: torch.device) -> bool:
+    """The split path needs cuDNN attention with its log-sum-exp (Ampere or newer) and Triton."""
+    from lipar.kernels import triton_available
+
+    return (backend == "cudnn" and device.type == "cuda" and triton_available()
+            and torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(device)[0] >= 8)
+
+
+def resolve_bias_mode(bias_mode: str, backend: str, device: torch.device | None = None) -> str:
+    """How a per-key bias reaches the kernel: "split" (cuDNN over the never-biased keys, then
+    ``lipar.flash_bias`` continues over the biased ones; CUDA + cuDNN + Triton), "fold" (an
+    extra key channel: any FlashAttention-style kernel), "mask" (SDPA's broadcast mask).
+    "auto": split where it runs, else fold for cudnn/flash_attn, mask for plain sdpa."""
     if bias_mode not in BIAS_MODES:
         raise LiparError(f"Unknown bias mode {bias_mode!r}; choose one of {list(BIAS_MODES)}.")
+    can_split = device is not None and split_available(backend, device)
+    if bias_mode == "split" and not can_split:
+        raise LiparError("Bias mode 'split' needs a CUDA GPU (Ampere or newer) with the cuDNN attention backend "
+                         "and Triton; choose 'auto', 'fold' or 'mask'.")
     if bias_mode != "auto":
         return bias_mode
+    if can_split:
+        return "split"
     return "mask" if backend == "sdpa" else "fold"
 
 
@@ -119,7 +139,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_bias: to
     scale = 1.0 / math.sqrt(d)
     if key_bias is None:
         return _kernel(q, k, v, scale, backend)
-    if resolve_bias_mode(bias_mode, backend) == "fold":
+    if resolve_bias_mode("auto" if bias_mode == "split" else bias_mode, backend) == "fold":
         qp, kp, vp, scale = fold_key_bias(q, k, v, key_bias)
         return _kernel(qp, kp, vp, scale, backend)[..., :d]
     mask = key_bias.to(q.dtype)
@@ -154,6 +174,33 @@ def attention_folded(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     return _kernel(qp, keys, values, 1.0 / math.sqrt(d), backend)
 
 
-def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int) -> None:
-    """Store a per-key bias [Lk] into channel d of folded keys [..., >=Lk, H, W] (any leading dims)."""
-    keys[..., :key_bias.shape[-1], :, d] = (key_bias.clamp(min=_NEG) * math.sqrt(d)).view(-1, 1).to(keys.dtype)
+def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int, start: int = 0) -> None:
+    """Store a per-key bias [Lk] into channel d of folded keys [..., start + Lk <= L, H, W]
+    (any leading dims), at key positions [start, start + Lk)."""
+    keys[..., start:start + key_bias.shape[-1], :, d] = (key_bias.clamp(min=_NEG) * math.sqrt(d)).view(-1, 1).to(
+        keys.dtype)
+
+
+
+def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cuDNN attention and its log-sum-exp: ``[B, Lq, H, D] x [B, Lk, H, D] ->
+    (out [B, Lq, H, D], lse [B, Lq, H] float32, natural log)``, scale 1/sqrt(D)."""
+    res = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, True, scale=1.0 / math.sqrt(q.shape[-1]))
+    b, lq, h, _ = q.shape
+    return res[0].transpose(1, 2), res[1].view(b, h, lq).transpose(1, 2)
+
+
+def attention_split(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_biased: int,
+                    bias_log2: torch.Tensor) -> torch.Tensor:
+    """Attention over keys whose first ``num_biased`` carry a per-key bias and the rest none:
+    cuDNN over the plain keys, then ``lipar.flash_bias`` continues over the biased ones.
+
+    q [B, Lq, H, D]; keys, values [B, Lk, H, D]; bias_log2 [>= num_biased] float32 in log2
+    units (``flash_bias.to_log2``). Needs ``split_available``."""
+    from lipar.flash_bias import attention_key_bias
+
+    if num_biased == 0:
+        return _kernel(q, keys, values, 1.0 / math.sqrt(q.shape[-1]), "cudnn")
+    prev = attention_lse(q, keys[:, num_biased:], values[:, num_biased:]) if keys.shape[1] > num_biased else None
+    return attention_key_bias(q, keys[:, :num_biased], values[:, :num_biased], bias_log2, prev=prev)

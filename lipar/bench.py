@@ -50,7 +50,7 @@ class BenchOptions:
     seed: int = 0
     backend: str = "auto"
     graphs: str = "auto"       # auto | on | off
-    bias_mode: str = "auto"    # auto | mask | fold
+    bias_mode: str = "auto"    # auto | split | mask | fold
     modes: str = "none,m_degree,noise_aware"
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lipar.attention import (attention, attention_folded, fold_width, resolve_backend, resolve_bias_mode, sdpa_context,
-                             write_folded_bias)
+from lipar.attention import (attention, attention_folded, attention_split, fold_width, resolve_backend,
+                             resolve_bias_mode, sdpa_context, write_folded_bias)
 from lipar.config import WanConfig, infer_config
 from lipar.errors import LiparError
 from lipar.recovery import ChunkLayout, build_layouts, fill_keys
@@ -76,8 +76,9 @@ class CausalWan:
         self.dtype = dtype
         self.backend = resolve_backend(backend, self.device)
         # How recovery's per-key log-multiplicities reach the kernel (see lipar.attention).
-        self.bias_mode = resolve_bias_mode(bias_mode, self.backend)
+        self.bias_mode = resolve_bias_mode(bias_mode, self.backend, self.device)
         self.fold_bias = self.bias_mode == "fold"   # keys cached with the extra bias channel
+        self._bias_log2: torch.Tensor | None = None  # split mode: the chunk's bias in the kernel's units
         self._dup_scratch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._folded_q: dict | None = None      # reusable padded-query buffers (folded keys)
         self.text_k: torch.Tensor | None = None   # [layers, B, Ltext, H, D]
@@ -140,16 +141,24 @@ class CausalWan:
         return self.cache_k is not None and self.cache_k.shape[-1] != self.cfg.head_dim
 
     def begin_chunk(self, lay: ChunkLayout) -> None:
-        """Before a chunk's passes: with folded keys, write the chunk's per-key bias into the
-        bias channel of every layer's cache once (the passes only write channels < D)."""
-        if self.folded and lay.key_bias is not None:
-            write_folded_bias(self.cache_k, lay.key_bias, self.cfg.head_dim)
+        """Before a chunk's passes, once for all layers: with folded keys, write the chunk's
+        per-key bias into the bias channel of the cache (the passes only write channels < D);
+        in split mode, convert the biased keys' bias to the kernel's units."""
+        if lay.key_bias is None:
+            return
+        if self.folded:
+            write_folded_bias(self.cache_k, lay.key_bias, self.cfg.head_dim, start=lay.key_start)
+        elif self.bias_mode == "split":
+            from lipar.flash_bias import to_log2
+
+            self._bias_log2 = to_log2(lay.key_bias[:lay.num_biased])
 
     def plan_buckets(self, layouts: list[ChunkLayout]) -> None:
         """Eager passes take any shape; ``GraphedCausalWan`` picks its CUDA-graph buckets here."""
 
     def release(self) -> None:
         self.text_k = self.text_v = self.cache_k = self.cache_v = self._dup_scratch = self._folded_q = None
+        self._bias_log2 = None
 
     # ---- one pass ----------------------------------------------------------------
     def time_embeddings(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +213,8 @@ class CausalWan:
         keys, values = fill_keys(self.cache_k[i], self.cache_v[i], k, v, lay, scratch=self._dup_scratch)
         if self.folded:   # bias channel written by begin_chunk (zero = multiplicity 1 where none)
             return attention_folded(q, keys, values, backend=self.backend, out=self._folded_q)
+        if lay.key_bias is not None and self.bias_mode == "split":
+            return attention_split(q, keys, values, lay.num_biased, self._bias_log2)
         return attention(q, keys, values, key_bias=lay.key_bias, backend=self.backend, bias_mode=self.bias_mode)
 
     def post_attention(self, i: int, x: torch.Tensor, a: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,15 @@ add one per-key score term; no per-pair matrices):
   counts the pruned tokens it stands for. Exact when the frame rotation of the
   duplicates does not matter; the key length stays at the kept count.
 
+  The compressed form splits the cache into two regions so the bias costs only where it
+  is needed: tokens that stand in for a pruned token in any chunk ("biased" tokens,
+  known from the plan before sampling) fill one region downwards from a split point X,
+  all other kept tokens fill the other upwards from X. A chunk's keys stay one
+  contiguous range ``[key_start, key_end)``: its first ``num_biased`` keys may carry a
+  bias, the rest never do, and attention can run the second part with a plain kernel.
+  Each chunk lists its biased kept tokens first (``num_f`` of them, in the order of their
+  slots), so both writes into the cache are contiguous copies.
+
 Mode ``none`` is naive pruning: kept keys only.
 """
 
@@ -58,14 +67,18 @@ class ChunkLayout:
     frame_start: int
     frames: int
     grid: tuple[int, int]                 # (Hp, Wp) tokens per frame
-    cache_len: int                        # L_c: kept tokens of earlier chunks in the cache
+    cache_len: int                        # slot of this chunk's first unbiased kept token (one region:
+                                          # L_c, the kept tokens of earlier chunks)
     num_kept: int                         # Nk
     kept_idx: torch.Tensor | None         # [Nk] flat index into the chunk's F*Hp*Wp grid; None = all
     token_frame: torch.Tensor             # [Nk] local frame of each kept token
     rope: torch.Tensor                    # [Nk, D/2] complex RoPE rotations of kept tokens
     dup_src: torch.Tensor | None = None   # [Nd] key-buffer index of each duplicate's stand-in
     dup_rope: torch.Tensor | None = None  # [Nd, D/2] complex frame-axis rotation of the duplicate
-    key_bias: torch.Tensor | None = None  # [L_c + Nk] log-multiplicity per key (compressed form)
+    key_bias: torch.Tensor | None = None  # [key_len] log-multiplicity per key (compressed form)
+    key_start: int = 0                    # first cache slot of the keys this chunk attends to
+    num_biased: int = 0                   # keys at the start of that range that may carry a bias
+    num_f: int = 0                        # this chunk's first num_f kept tokens go to [key_start, +num_f)
 
     @property
     def num_dups(self) -> int:
@@ -73,7 +86,13 @@ class ChunkLayout:
 
     @property
     def key_len(self) -> int:
-        return self.cache_len + self.num_kept + self.num_dups
+        """Keys this chunk attends to. Its kept tokens other than the first num_f are written at
+        [cache_len, cache_len + num_kept - num_f); duplicates (exact form) follow them."""
+        return self.cache_len - self.key_start + self.num_kept - self.num_f + self.num_dups
+
+    @property
+    def key_end(self) -> int:
+        return self.key_start + self.key_len
 
     @property
     def tokens(self) -> int:
@@ -112,34 +131,53 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
     keep = plan.keep[0].to(device).flatten()                   # [T*HW]
     src = plan.source_frame[0].to(device).flatten()
     anc = plan.anchor_frame[0].to(device).flatten()
-    cache_pos = torch.cumsum(keep.long(), 0) - 1               # key-buffer slot of each kept token
     yx = torch.arange(t * hw, device=device) % hw
     frame_of = torch.arange(t * hw, device=device) // hw
-    counts = keep.view(n_chunks, -1).sum(1).tolist()           # one host read, before sampling
-    offsets = [0]
-    for k in counts:
-        offsets.append(offsets[-1] + k)
-    for c in range(n_chunks):
-        g0, g1 = c * chunk_frames * hw, (c + 1) * chunk_frames * hw
-        kept_idx = torch.nonzero(keep[g0:g1]).squeeze(1)
+    bounds = [(c * chunk_frames * hw, (c + 1) * chunk_frames * hw) for c in range(n_chunks)]
+
+    # Stand-in of every pruned token visible to each chunk (a flat token index).
+    stands: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for g0, g1 in bounds:
+        pruned = torch.nonzero(~keep[:g1]).squeeze(1)             # all pruned tokens visible to the chunk
+        stand_frame = src[pruned]
+        if mode == "noise_aware":
+            stand_frame = torch.where(pruned >= g0, anc[pruned], stand_frame)
+        stands.append((pruned, stand_frame * hw + yx[pruned]))
+
+    # Cache slots. One region in kept order, or (compressed form) two: biased tokens below X
+    # (newest lowest), the rest from X up.
+    biased = torch.zeros_like(keep)
+    if mode != "none" and form == "compressed":
+        for _, tok in stands:
+            biased[tok] = True
+        biased &= keep    # stand-ins are kept tokens by the plan's construction
+    unbiased = keep & ~biased
+    x_split = int(biased.sum())                                 # host reads, before sampling
+    slot = torch.where(biased, x_split - torch.cumsum(biased.long(), 0),
+                       x_split + torch.cumsum(unbiased.long(), 0) - 1)
+    n_f = biased.view(n_chunks, -1).sum(1).tolist()
+    n_p = unbiased.view(n_chunks, -1).sum(1).tolist()
+    f_before = p_before = 0
+    for c, (g0, g1) in enumerate(bounds):
+        # biased tokens first, newest (lowest slot) first, so both cache writes are contiguous
+        kept_idx = torch.cat([torch.nonzero(biased[g0:g1]).squeeze(1).flip(0),
+                              torch.nonzero(unbiased[g0:g1]).squeeze(1)])
         pos = pos_all[g0:g1][kept_idx]
-        lay = ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), offsets[c], counts[c], kept_idx,
-                          kept_idx // hw, rope_table(rope_angles(pos, cfg), dtype))
+        lay = ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), x_split + p_before, n_f[c] + n_p[c], kept_idx,
+                          kept_idx // hw, rope_table(rope_angles(pos, cfg), dtype),
+                          key_start=x_split - f_before - n_f[c], num_biased=f_before + n_f[c], num_f=n_f[c])
+        f_before += n_f[c]
+        p_before += n_p[c]
+        pruned, stand_tok = stands[c]
         if mode != "none":
-            pruned = torch.nonzero(~keep[:g1]).squeeze(1)        # all pruned tokens visible to chunk c
-            in_chunk = pruned >= g0
-            stand_frame = src[pruned]
-            if mode == "noise_aware":
-                stand_frame = torch.where(in_chunk, anc[pruned], stand_frame)
-            stand_pos = cache_pos[stand_frame * hw + yx[pruned]]
-            delta = frame_of[pruned] - stand_frame
+            stand_pos = slot[stand_tok]
+            delta = frame_of[pruned] - stand_tok // hw
             if form == "exact":
                 lay.dup_src = stand_pos
                 lay.dup_rope = rope_table(frame_shift_angles(delta, cfg), dtype)
-            else:
-                if pruned.numel():   # no pruned token visible (e.g. chunk 0): plain attention
-                    m = torch.bincount(stand_pos, minlength=offsets[c + 1])
-                    lay.key_bias = torch.log1p(m.to(dtype))
+            elif pruned.numel():   # no pruned token visible (e.g. chunk 0): plain attention
+                m = torch.bincount(stand_pos - lay.key_start, minlength=lay.key_len)
+                lay.key_bias = torch.log1p(m.to(dtype))
         layouts.append(lay)
     return layouts
 
@@ -149,19 +187,26 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write a chunk's keys/values into one layer's cache and add its duplicates.
 
-    kb, vb: key [B, capacity, H, W] and value [B, capacity, H, D] cache of one layer (earlier
-            chunks at [0, L_c)); W = D, or the folded width (channel D then carries the
-            chunk's key bias, written by ``CausalWan.begin_chunk``; only channels < D here).
-    k, v:   [B, Nk, H, D] this chunk's RoPE'd keys and values.
+    kb, vb: key [B, capacity, H, W] and value [B, capacity, H, D] cache of one layer;
+            W = D, or the folded width (channel D then carries the chunk's key bias,
+            written by ``CausalWan.begin_chunk``; only channels < D here).
+    k, v:   [B, Nk, H, D] this chunk's RoPE'd keys and values, in the layout's kept order:
+            the first ``num_f`` go to ``[key_start, key_start + num_f)``, the rest to
+            ``[cache_len, cache_len + Nk - num_f)``.
     scratch: optional [B, >= key_len, H, D] buffers shared by all layers; with it,
-            duplicates are assembled there (with a copy of the cached keys) so the cache
-            itself holds kept tokens only. Without it they go after the chunk in kb/vb.
+            duplicates (exact form, one cache region) are assembled there with a copy of
+            the cached keys, so the cache itself holds kept tokens only. Without it they go
+            after the chunk in kb/vb.
     Returns views ``[B, key_len, H, W]`` of the keys/values the chunk attends to.
     """
     d = k.shape[-1]
-    c0, c1 = lay.cache_len, lay.cache_len + lay.num_kept
-    kb[:, c0:c1, :, :d] = k
-    vb[:, c0:c1] = v
+    nf = lay.num_f
+    if nf:
+        kb[:, lay.key_start:lay.key_start + nf, :, :d] = k[:, :nf]
+        vb[:, lay.key_start:lay.key_start + nf] = v[:, :nf]
+    c0, c1 = lay.cache_len, lay.cache_len + lay.num_kept - nf
+    kb[:, c0:c1, :, :d] = k[:, nf:]
+    vb[:, c0:c1] = v[:, nf:]
     if lay.num_dups:
         dk = apply_rope(kb[:, lay.dup_src, :, :d], lay.dup_rope)
         dv = vb[:, lay.dup_src]
@@ -172,4 +217,4 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
             kb, vb = sk, sv
         kb[:, c1:lay.key_len, :, :d] = dk
         vb[:, c1:lay.key_len] = dv
-    return kb[:, :lay.key_len], vb[:, :lay.key_len]
+    return kb[:, lay.key_start:lay.key_end], vb[:, lay.key_start:lay.key_end]

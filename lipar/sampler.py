@@ -40,7 +40,7 @@ class SamplerConfig:
     recovery: str = "noise_aware"          # none | m_degree | noise_aware
     recovery_form: str = "compressed"      # compressed (log-multiplicity) | exact (materialised duplicates)
     backend: str = "auto"                  # auto (cudnn on CUDA) | sdpa | cudnn | flash_attn
-    bias_mode: str = "auto"                # how compressed recovery's bias reaches the kernel: auto | mask | fold
+    bias_mode: str = "auto"                # how compressed recovery's bias reaches the kernel: auto | split | mask | fold
     dtype: torch.dtype | None = None       # compute dtype; None: bfloat16 on CUDA, float32 elsewhere
     cache_last_chunk: bool = False         # run the (unused) cache-update pass after the last chunk too
     cuda_graphs: bool | None = None        # replay passes as CUDA graphs; None: on for CUDA devices
@@ -207,7 +207,7 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
     runner.plan_buckets(layouts)
     # The cache holds kept tokens only; materialised duplicates (exact form) are assembled
     # per layer in one scratch buffer.
-    runner.allocate_cache(1, max(lay.cache_len + lay.num_kept for lay in layouts),
+    runner.allocate_cache(1, max(lay.key_end - lay.num_dups for lay in layouts),
                           folded=runner.fold_bias and any(lay.key_bias is not None for lay in layouts),
                           scratch=max(lay.key_len for lay in layouts) if any(lay.num_dups for lay in layouts) else 0)
     runner.encode_text(context)

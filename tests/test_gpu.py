@@ -44,7 +44,8 @@ def test_fold_and_mask_bias_agree_on_gpu():
         assert _rel(out, ref) < 1e-2, mode
 
 
-@pytest.mark.parametrize("form,bias_mode", [("exact", "auto"), ("compressed", "fold"), ("compressed", "mask")])
+@pytest.mark.parametrize("form,bias_mode", [("exact", "auto"), ("compressed", "split"), ("compressed", "fold"),
+                                            ("compressed", "mask")])
 def test_cuda_graph_passes_equal_eager_passes(form, bias_mode):
     clip = make_clip(ClipSpec(latent_frames=9, height=32, width=48, objects=2, object_size=0.3))
     ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(1))
@@ -73,3 +74,36 @@ def test_triton_rope_matches_torch_rope():
         ref = torch.view_as_real(torch.view_as_complex(x.float().reshape(1, -1, 12, 64, 2)) * table.view(1, -1, 1, 64))
         out = rope_triton(x, table)
         assert _rel(out, ref.flatten(-2)) < (1e-2 if dtype == torch.bfloat16 else 1e-6), dtype
+
+
+@pytest.mark.parametrize("lq,lp,lf", [(300, 517, 130), (77, 0, 64), (128, 200, 1), (5, 33, 700)])
+def test_flash_bias_kernel_continues_cudnn_attention(lq, lp, lf):
+    """lipar.flash_bias over biased keys, continuing cuDNN's result over plain keys (or
+    alone), equals float64 attention over all keys; ragged lengths, cache-like strides."""
+    from lipar.attention import attention_lse, attention_split
+    from lipar.flash_bias import attention_key_bias, to_log2
+
+    g = torch.Generator(device="cuda").manual_seed(lq + lp + lf)
+    h, d, lk = 12, 128, lp + lf
+    q = torch.randn(1, lq, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    kc, vc = (torch.randn(1, lk + 40, h, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    k, v = kc[:, :lk], vc[:, :lk]
+    bias = torch.zeros(lk, device="cuda")
+    bias[:lf] = torch.log1p(torch.randint(0, 6, (lf,), device="cuda", generator=g).float())
+    s = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) / d**0.5 + bias.double()
+    ref = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v.double())
+    b2 = to_log2(bias[:lf])
+    prev = attention_lse(q, k[:, lf:], v[:, lf:]) if lp else None
+    out = attention_key_bias(q, k[:, :lf], v[:, :lf], b2, prev=prev)
+    assert _rel(out, ref) < 1e-2
+    assert _rel(attention_split(q, k, v, lf, b2), ref) < 1e-2
+    if lp:   # the continuation is not a no-op: without the plain part the result differs
+        assert _rel(attention_key_bias(q, k[:, :lf], v[:, :lf], b2), ref) > 5e-2
+
+
+def test_auto_bias_mode_is_split_on_cuda():
+    from lipar.causal import CausalWan
+
+    model = lipar.build_model(lipar.TINY, seed=0, dtype=torch.bfloat16, device="cuda")
+    assert CausalWan(model, device="cuda", dtype=torch.bfloat16).bias_mode == "split"
+    assert CausalWan(model, device="cuda", dtype=torch.bfloat16, backend="sdpa").bias_mode == "mask"

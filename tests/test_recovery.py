@@ -60,7 +60,7 @@ def _recovered(q, k, v, plan, mode, form, chunk=3, scratch=False):
     assembled in a separate buffer, as the sampler does."""
     t, hp, wp = plan.keep.shape[1:]
     lays = build_layouts(plan.latent_shape, CFG, chunk, plan=plan, mode=mode, form=form, dtype=torch.float64)
-    cap = max(l.cache_len + l.num_kept for l in lays) if scratch else max(l.key_len for l in lays)
+    cap = max(l.key_end - l.num_dups for l in lays) if scratch else max(l.key_end for l in lays)
     kb = torch.full((1, cap + 4, H, D), float("nan"), dtype=torch.float64)
     vb = torch.full_like(kb, float("nan"))
     sb = None
@@ -118,28 +118,62 @@ def test_noise_aware_exact_equals_full_attention_when_anchors_duplicate():
         assert err < 1e-12, c
 
 
-def test_compressed_form_equals_unrotated_duplicates():
+@pytest.mark.parametrize("mode", ["m_degree", "noise_aware"])
+def test_compressed_form_equals_unrotated_duplicates(mode):
     """The compressed form is full attention with each duplicate placed at its stand-in's
-    position (log-multiplicity bias); check that against an explicit dense computation."""
+    position (log-multiplicity bias); check that against an explicit dense computation.
+    Stand-ins: the source frame, or with noise_aware the anchor for the chunk's own tokens."""
     keep = _random_keep(seed=7)
     plan = _plan(keep)
     t, hp, wp = keep.shape[1:]
+    hw = hp * wp
     g = torch.Generator().manual_seed(0)
-    n = t * hp * wp
+    n = t * hw
     q, k, v = (torch.randn(1, n, H, D, generator=g, dtype=torch.float64) for _ in range(3))
-    rec = _recovered(q, k, v, plan, "m_degree", "compressed")
+    rec = _recovered(q, k, v, plan, mode, "compressed")
     pos = token_positions(t, hp, wp)
     rot = rope_table(rope_angles(pos, CFG), torch.float64)
     qr, kr = apply_rope(q, rot), apply_rope(k, rot)
     keepf = plan.keep[0].flatten()
-    src = (plan.source_frame[0].flatten() * hp * wp + torch.arange(n) % (hp * wp))
-    kr_dup, v_dup = kr[:, src], v[:, src]      # every token replaced by its (kept) source
+    chunk_of = torch.arange(n) // hw // 3
+    yx = torch.arange(n) % hw
     for i in torch.nonzero(keepf).squeeze(1).tolist():
-        c = i // (hp * wp) // 3
-        vis = torch.arange(n) // (hp * wp) // 3 <= c
-        s = torch.einsum("bhd,bkhd->bhk", qr[:, i], kr_dup[:, vis]) / D**0.5
-        ref = torch.einsum("bhk,bkhd->bhd", s.softmax(-1), v_dup[:, vis])
+        c = i // hw // 3
+        stand = plan.source_frame[0].flatten().clone()
+        if mode == "noise_aware":
+            stand[chunk_of == c] = plan.anchor_frame[0].flatten()[chunk_of == c]
+        src = torch.where(keepf, torch.arange(n), stand * hw + yx)   # every token -> itself or its stand-in
+        vis = chunk_of <= c
+        s = torch.einsum("bhd,bkhd->bhk", qr[:, i], kr[:, src][:, vis]) / D**0.5
+        ref = torch.einsum("bhk,bkhd->bhd", s.softmax(-1), v[:, src][:, vis])
         assert (rec[i] - ref).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_compressed_layouts_split_the_cache_into_biased_and_plain_regions(seed):
+    """Slots of all kept tokens are a permutation of [0, kept); each chunk attends to one
+    contiguous range whose biased keys all come first; earlier chunks' slots never move."""
+    keep = _random_keep(t=12, hp=3, wp=4, seed=seed)
+    plan = _plan(keep)
+    lays = build_layouts(plan.latent_shape, CFG, 3, plan=plan, mode="noise_aware", form="compressed")
+    total = int(plan.keep.sum())
+    assert max(l.key_end for l in lays) == total and min(l.key_start for l in lays) == 0
+    written = []
+    prev_range = None
+    for lay in lays:
+        f_slots = list(range(lay.key_start, lay.key_start + lay.num_f))
+        p_slots = list(range(lay.cache_len, lay.cache_len + lay.num_kept - lay.num_f))
+        written += f_slots + p_slots
+        assert all(lay.key_start <= s < lay.key_end for s in f_slots + p_slots)
+        if prev_range is not None:   # the range only grows, on both sides
+            assert lay.key_start <= prev_range[0] and lay.key_end >= prev_range[1]
+        prev_range = (lay.key_start, lay.key_end)
+        assert lay.key_end - lay.key_start == lay.key_len == len(set(written))
+        if lay.key_bias is not None:
+            nz = torch.nonzero(lay.key_bias > 0).squeeze(1)
+            assert nz.numel() and nz.max().item() < lay.num_biased
+    assert sorted(written) == list(range(total))
+    assert lays[-1].num_biased > 0 and lays[-1].num_biased < total   # both regions in use here
 
 
 def test_fold_bias_equals_mask_bias():

@@ -94,7 +94,8 @@ def test_on_pass_reports_progress_and_can_cancel(model, clip):
 @pytest.mark.parametrize("kw,msg", [
     (dict(steps=(400, 500)), "decreasing"), (dict(steps=(0,)), r"\(0, 1000\]"), (dict(mode="x"), "edit"),
     (dict(recovery="fast"), "recovery mode"), (dict(recovery_form="x"), "recovery form"),
-    (dict(shift=0), "shift"), (dict(backend="xformers"), "backend"),
+    (dict(shift=0), "shift"), (dict(backend="xformers"), "backend"), (dict(bias_mode="x"), "bias mode"),
+    (dict(bias_mode="split"), "split' needs a CUDA GPU"),
 ])
 def test_bad_config(model, clip, kw, msg):
     with pytest.raises(lipar.LiparError, match=msg):
