@@ -27,12 +27,15 @@ add one per-key score term; no per-pair matrices):
 
   The compressed form splits the cache into two regions so the bias costs only where it
   is needed: tokens that stand in for a pruned token in any chunk ("biased" tokens,
-  known from the plan before sampling) fill one region downwards from a split point X,
-  all other kept tokens fill the other upwards from X. A chunk's keys stay one
-  contiguous range ``[key_start, key_end)``: its first ``num_biased`` keys may carry a
-  bias, the rest never do, and attention can run the second part with a plain kernel.
-  Each chunk lists its biased kept tokens first (``num_f`` of them, in the order of their
-  slots), so both writes into the cache are contiguous copies.
+  known from the plan before sampling) have slots below a split point X (newest lowest),
+  all other kept tokens from X up. A chunk's keys are one contiguous range
+  ``[key_start, key_end)`` whose first ``num_biased`` keys may carry a bias and the rest
+  never do, so attention can run the rest with a plain kernel. A chunk lists its
+  unbiased kept tokens first and its ``num_f`` biased ones last (newest first), so every
+  cache write is a contiguous copy. With ``noise_aware`` a chunk's own tokens are never
+  stand-ins for that chunk (its pruned tokens borrow from earlier chunks), so its biased
+  tokens are also written right after its unbiased ones, inside the plain part
+  (``f_in_plain``), while their own slots below X keep them for later chunks.
 
 Mode ``none`` is naive pruning: kept keys only.
 """
@@ -78,7 +81,9 @@ class ChunkLayout:
     key_bias: torch.Tensor | None = None  # [key_len] log-multiplicity per key (compressed form)
     key_start: int = 0                    # first cache slot of the keys this chunk attends to
     num_biased: int = 0                   # keys at the start of that range that may carry a bias
-    num_f: int = 0                        # this chunk's first num_f kept tokens go to [key_start, +num_f)
+    num_f: int = 0                        # the last num_f kept tokens are biased ones: slots [f_slot, +num_f)
+    f_slot: int = 0
+    f_in_plain: bool = False              # those are also written after the unbiased ones (in range)
 
     @property
     def num_dups(self) -> int:
@@ -86,9 +91,14 @@ class ChunkLayout:
 
     @property
     def key_len(self) -> int:
-        """Keys this chunk attends to. Its kept tokens other than the first num_f are written at
-        [cache_len, cache_len + num_kept - num_f); duplicates (exact form) follow them."""
-        return self.cache_len - self.key_start + self.num_kept - self.num_f + self.num_dups
+        """Keys this chunk attends to: ``[key_start, cache_len)``, then its unbiased kept tokens
+        (and with f_in_plain its biased ones) from cache_len, then duplicates (exact form)."""
+        return self.cache_len - self.key_start + self.own_len + self.num_dups
+
+    @property
+    def own_len(self) -> int:
+        """This chunk's kept tokens written contiguously from cache_len (in kept order)."""
+        return self.num_kept if self.f_in_plain else self.num_kept - self.num_f
 
     @property
     def key_end(self) -> int:
@@ -159,13 +169,16 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
     n_p = unbiased.view(n_chunks, -1).sum(1).tolist()
     f_before = p_before = 0
     for c, (g0, g1) in enumerate(bounds):
-        # biased tokens first, newest (lowest slot) first, so both cache writes are contiguous
-        kept_idx = torch.cat([torch.nonzero(biased[g0:g1]).squeeze(1).flip(0),
-                              torch.nonzero(unbiased[g0:g1]).squeeze(1)])
+        # unbiased tokens first, then biased ones newest (lowest slot) first: contiguous writes
+        kept_idx = torch.cat([torch.nonzero(unbiased[g0:g1]).squeeze(1),
+                              torch.nonzero(biased[g0:g1]).squeeze(1).flip(0)])
         pos = pos_all[g0:g1][kept_idx]
+        f_slot = x_split - f_before - n_f[c]
+        own_plain = mode == "noise_aware"
+        start = x_split - f_before if own_plain else f_slot
         lay = ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), x_split + p_before, n_f[c] + n_p[c], kept_idx,
-                          kept_idx // hw, rope_table(rope_angles(pos, cfg), dtype),
-                          key_start=x_split - f_before - n_f[c], num_biased=f_before + n_f[c], num_f=n_f[c])
+                          kept_idx // hw, rope_table(rope_angles(pos, cfg), dtype), key_start=start,
+                          num_biased=x_split - start, num_f=n_f[c], f_slot=f_slot, f_in_plain=own_plain and n_f[c] > 0)
         f_before += n_f[c]
         p_before += n_p[c]
         pruned, stand_tok = stands[c]
@@ -191,8 +204,8 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
             W = D, or the folded width (channel D then carries the chunk's key bias,
             written by ``CausalWan.begin_chunk``; only channels < D here).
     k, v:   [B, Nk, H, D] this chunk's RoPE'd keys and values, in the layout's kept order:
-            the first ``num_f`` go to ``[key_start, key_start + num_f)``, the rest to
-            ``[cache_len, cache_len + Nk - num_f)``.
+            the first ``own_len`` go to ``[cache_len, cache_len + own_len)``, the last
+            ``num_f`` (biased tokens) also to their own slots ``[f_slot, f_slot + num_f)``.
     scratch: optional [B, >= key_len, H, D] buffers shared by all layers; with it,
             duplicates (exact form, one cache region) are assembled there with a copy of
             the cached keys, so the cache itself holds kept tokens only. Without it they go
@@ -201,12 +214,12 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """
     d = k.shape[-1]
     nf = lay.num_f
-    if nf:
-        kb[:, lay.key_start:lay.key_start + nf, :, :d] = k[:, :nf]
-        vb[:, lay.key_start:lay.key_start + nf] = v[:, :nf]
-    c0, c1 = lay.cache_len, lay.cache_len + lay.num_kept - nf
-    kb[:, c0:c1, :, :d] = k[:, nf:]
-    vb[:, c0:c1] = v[:, nf:]
+    c0, c1 = lay.cache_len, lay.cache_len + lay.own_len
+    kb[:, c0:c1, :, :d] = k[:, :lay.own_len]
+    vb[:, c0:c1] = v[:, :lay.own_len]
+    if nf:    # biased tokens' own slots, read by later chunks
+        kb[:, lay.f_slot:lay.f_slot + nf, :, :d] = k[:, -nf:]
+        vb[:, lay.f_slot:lay.f_slot + nf] = v[:, -nf:]
     if lay.num_dups:
         dk = apply_rope(kb[:, lay.dup_src, :, :d], lay.dup_rope)
         dv = vb[:, lay.dup_src]

@@ -149,31 +149,40 @@ def test_compressed_form_equals_unrotated_duplicates(mode):
         assert (rec[i] - ref).abs().max().item() < 1e-12
 
 
+@pytest.mark.parametrize("mode", ["m_degree", "noise_aware"])
 @pytest.mark.parametrize("seed", [0, 3])
-def test_compressed_layouts_split_the_cache_into_biased_and_plain_regions(seed):
-    """Slots of all kept tokens are a permutation of [0, kept); each chunk attends to one
-    contiguous range whose biased keys all come first; earlier chunks' slots never move."""
+def test_compressed_layouts_split_the_cache_into_biased_and_plain_regions(seed, mode):
+    """Replaying the cache writes: each chunk's key range holds every kept token of it and
+    of earlier chunks exactly once, all keys with a bias come first, tokens keep their
+    slots across chunks, and the cache needs only the kept count plus one chunk's tail."""
     keep = _random_keep(t=12, hp=3, wp=4, seed=seed)
     plan = _plan(keep)
-    lays = build_layouts(plan.latent_shape, CFG, 3, plan=plan, mode="noise_aware", form="compressed")
+    hw = 12
+    lays = build_layouts(plan.latent_shape, CFG, 3, plan=plan, mode=mode, form="compressed")
     total = int(plan.keep.sum())
-    assert max(l.key_end for l in lays) == total and min(l.key_start for l in lays) == 0
-    written = []
-    prev_range = None
+    slots: dict[int, int] = {}           # slot -> flat token index
+    home: dict[int, int] = {}            # token -> its permanent slot
     for lay in lays:
-        f_slots = list(range(lay.key_start, lay.key_start + lay.num_f))
-        p_slots = list(range(lay.cache_len, lay.cache_len + lay.num_kept - lay.num_f))
-        written += f_slots + p_slots
-        assert all(lay.key_start <= s < lay.key_end for s in f_slots + p_slots)
-        if prev_range is not None:   # the range only grows, on both sides
-            assert lay.key_start <= prev_range[0] and lay.key_end >= prev_range[1]
-        prev_range = (lay.key_start, lay.key_end)
-        assert lay.key_end - lay.key_start == lay.key_len == len(set(written))
+        toks = (lay.frame_start * hw + lay.kept_idx).tolist()
+        nf = lay.num_f
+        for j, tok in enumerate(toks[:lay.own_len]):
+            slots[lay.cache_len + j] = tok
+        for j, tok in enumerate(toks[len(toks) - nf:]):
+            slots[lay.f_slot + j] = tok
+            home[tok] = lay.f_slot + j
+        for j, tok in enumerate(toks[:len(toks) - nf]):
+            home[tok] = lay.cache_len + j
+        in_range = [slots[s] for s in range(lay.key_start, lay.key_end)]
+        visible = [i for i in torch.nonzero(plan.keep[0].flatten()).squeeze(1).tolist() if i // hw // 3 <= lay.index]
+        assert sorted(in_range) == visible
         if lay.key_bias is not None:
             nz = torch.nonzero(lay.key_bias > 0).squeeze(1)
             assert nz.numel() and nz.max().item() < lay.num_biased
-    assert sorted(written) == list(range(total))
-    assert lays[-1].num_biased > 0 and lays[-1].num_biased < total   # both regions in use here
+        if mode == "noise_aware":   # the chunk's own tokens are never biased for itself
+            assert not set(in_range[:lay.num_biased]) & set(toks)
+    assert sorted(home.values()) == list(range(total))
+    assert max(l.key_end for l in lays) <= total + max(l.num_f for l in lays)
+    assert 0 < lays[-1].num_biased < total   # both regions in use here
 
 
 def test_fold_bias_equals_mask_bias():
