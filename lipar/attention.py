@@ -182,11 +182,13 @@ def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int, start:
 
 
 
-def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cuDNN attention and its log-sum-exp: ``[B, Lq, H, D] x [B, Lk, H, D] ->
-    (out [B, Lq, H, D], lse [B, Lq, H] float32, natural log)``, scale 1/sqrt(D)."""
+def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cuDNN attention and its log-sum-exp: ``[B, Lq, H, Dk] x [B, Lk, H, Dk], [B, Lk, H, Dv] ->
+    (out [B, Lq, H, Dv], lse [B, Lq, H] float32, natural log)``; scale defaults to 1/sqrt(Dk)."""
     res = torch.ops.aten._scaled_dot_product_cudnn_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, True, scale=1.0 / math.sqrt(q.shape[-1]))
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, True,
+        scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
     b, lq, h, _ = q.shape
     return res[0].transpose(1, 2), res[1].view(b, h, lq).transpose(1, 2)
 
