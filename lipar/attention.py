@@ -202,6 +202,8 @@ def attention_split(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, n
     units (``flash_bias.to_log2``). Needs ``split_available``."""
     from lipar.flash_bias import attention_key_bias
 
+    if q.shape[1] == 0:     # a chunk whose tokens are all pruned (cuDNN returns no tensor then)
+        return q.new_empty(q.shape[:-1] + values.shape[-1:])
     if num_biased == 0:
         return _kernel(q, keys, values, 1.0 / math.sqrt(q.shape[-1]), "cudnn")
     prev = attention_lse(q, keys[:, num_biased:], values[:, num_biased:]) if keys.shape[1] > num_biased else None

@@ -128,6 +128,8 @@ def attention_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_l
     if bias_log2.dtype != torch.float32 or bias_log2.stride(-1) != 1 or bias_log2.shape[-1] < lk:
         raise ValueError("bias_log2 must be float32 with unit stride and at least Lk entries")
     out = torch.empty(b, lq, h, d, device=q.device, dtype=q.dtype)
+    if lq == 0:
+        return out
     if prev is None:
         po, pl = out, out.new_zeros(1, 1, 1, dtype=torch.float32)   # unread placeholders
     else:

@@ -107,3 +107,23 @@ def test_auto_bias_mode_is_split_on_cuda():
     model = lipar.build_model(lipar.TINY, seed=0, dtype=torch.bfloat16, device="cuda")
     assert CausalWan(model, device="cuda", dtype=torch.bfloat16).bias_mode == "split"
     assert CausalWan(model, device="cuda", dtype=torch.bfloat16, backend="sdpa").bias_mode == "mask"
+
+
+def test_split_attention_with_no_queries_and_an_all_pruned_clip():
+    """A static clip prunes whole chunks (no query tokens): the split path returns empty
+    outputs there and the sampled video matches the mask path."""
+    from lipar.attention import attention_split
+    from lipar.flash_bias import to_log2
+
+    k = torch.randn(1, 40, 12, 128, device="cuda", dtype=torch.bfloat16)
+    q = k[:, :0]
+    assert attention_split(q, k, k, 10, to_log2(torch.zeros(10, device="cuda"))).shape == (1, 0, 12, 128)
+    clip = make_clip(ClipSpec(kind="static", latent_frames=9, height=32, width=48))
+    plan = lipar.build_plan(clip.cuda())
+    assert plan.prune_ratio() > 0.5
+    ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(1))
+    model = lipar.build_model(lipar.TINY, seed=4, dtype=torch.bfloat16, device="cuda")
+    outs = [lipar.sample(model, ctx.cuda(), clip.cuda(), plan=plan,
+                         config=lipar.SamplerConfig(seed=2, bias_mode=m, recovery_form="compressed")).latent
+            for m in ("split", "mask")]
+    assert torch.isfinite(outs[0]).all() and _rel(outs[0], outs[1]) < 1e-2
