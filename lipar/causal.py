@@ -119,7 +119,7 @@ class CausalWan:
 
     def allocate_cache(self, batch: int, capacity: int, folded: bool = False, scratch: int = 0) -> None:
         """KV cache buffers: keys ``[layers, B, capacity, H, W]`` with W = head_dim, or
-        head_dim + 1 padded to a multiple of 8 when a per-key bias is folded into the keys;
+        fold_width(head_dim) (head_dim + 1 padded to 16) when a per-key bias is folded into the keys;
         values ``[layers, B, capacity, H, head_dim]``. ``scratch``: token length of the
         one-layer buffers where materialised duplicates are assembled."""
         cfg = self.cfg
