@@ -34,25 +34,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lipar.attention import attention_lse, fold_key_bias, sdpa_context  # noqa: E402
 from lipar.flash_bias import attention_key_bias, to_log2  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attention_kernels import bench  # noqa: E402  (median CUDA-event timing)
+
 H, D = 12, 128
 SHAPES = [(4680, 32760), (3100, 21700), (3100, 12400), (2340, 16380), (2800, 7500), (3100, 3100)]
 SHARES = (0.22, 0.34)
-
-
-def bench(fn, iters=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 # (queries, plain keys, biased keys, passes) of chunks 1-6 of the 33.8% run (noise_aware/compressed)
