@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from lipar.errors import LiparError
+from lipar.flash_bias import attention_key_bias
+from lipar.kernels import triton_available
 
 BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
 BIAS_MODES = ("auto", "split", "mask", "fold")
@@ -72,8 +74,6 @@ def sdpa_context(backend: str):
 
 def split_available(backend: str, device: torch.device) -> bool:
     """The split path needs cuDNN attention with its log-sum-exp (Ampere or newer) and Triton."""
-    from lipar.kernels import triton_available
-
     return (backend == "cudnn" and device.type == "cuda" and triton_available()
             and torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(device)[0] >= 8)
 
@@ -134,6 +134,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_bias: to
     ``fold_key_bias`` (an extra query/key channel); "auto" = "mask" for plain sdpa, "fold"
     for cudnn and flash_attn (on an H100 the fold ran 30% under the unbiased cuDNN kernel,
     a mask or multiplicities in an extra value channel no better; see benchmarks/NOTES.md).
+    "split" needs the cache's region layout (``attention_split``); here it counts as "auto".
     """
     d = q.shape[-1]
     scale = 1.0 / math.sqrt(d)
@@ -181,7 +182,6 @@ def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int, start:
         keys.dtype)
 
 
-
 def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cuDNN attention and its log-sum-exp: ``[B, Lq, H, Dk] x [B, Lk, H, Dk], [B, Lk, H, Dv] ->
@@ -200,8 +200,6 @@ def attention_split(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, n
 
     q [B, Lq, H, D]; keys, values [B, Lk, H, D]; bias_log2 [>= num_biased] float32 in log2
     units (``flash_bias.to_log2``). Needs ``split_available``."""
-    from lipar.flash_bias import attention_key_bias
-
     if q.shape[1] == 0:     # a chunk whose tokens are all pruned (cuDNN returns no tensor then)
         return q.new_empty(q.shape[:-1] + values.shape[-1:])
     if num_biased == 0:

@@ -23,6 +23,7 @@ from lipar.attention import (attention, attention_folded, attention_split, fold_
                              resolve_bias_mode, sdpa_context, write_folded_bias)
 from lipar.config import WanConfig, infer_config
 from lipar.errors import LiparError
+from lipar.flash_bias import to_log2
 from lipar.recovery import ChunkLayout, build_layouts, fill_keys
 from lipar.rope import apply_rope
 
@@ -149,8 +150,6 @@ class CausalWan:
         if self.folded:
             write_folded_bias(self.cache_k, lay.key_bias, self.cfg.head_dim, start=lay.key_start)
         elif self.bias_mode == "split":
-            from lipar.flash_bias import to_log2
-
             self._bias_log2 = to_log2(lay.key_bias[:lay.num_biased])
 
     def plan_buckets(self, layouts: list[ChunkLayout]) -> None:

@@ -147,7 +147,7 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
 
     # Stand-in of every pruned token visible to each chunk (a flat token index).
     stands: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for g0, g1 in bounds:
+    for g0, g1 in (bounds if mode != "none" else []):
         pruned = torch.nonzero(~keep[:g1]).squeeze(1)             # all pruned tokens visible to the chunk
         stand_frame = src[pruned]
         if mode == "noise_aware":
@@ -181,8 +181,8 @@ def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: i
                           num_biased=x_split - start, num_f=n_f[c], f_slot=f_slot, f_in_plain=own_plain and n_f[c] > 0)
         f_before += n_f[c]
         p_before += n_p[c]
-        pruned, stand_tok = stands[c]
         if mode != "none":
+            pruned, stand_tok = stands[c]
             stand_pos = slot[stand_tok]
             delta = frame_of[pruned] - stand_tok // hw
             if form == "exact":
