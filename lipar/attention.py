@@ -24,12 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from lipar.errors import LiparError
-from lipar.flash_bias import attention_key_bias
+from lipar.flash_bias import NEG_BIAS, attention_key_bias
 from lipar.kernels import triton_available
 
 BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
 BIAS_MODES = ("auto", "split", "mask", "fold")
-_NEG = -30000.0  # large enough that exp() underflows to 0, small enough for bf16 keys
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,7 +116,7 @@ def fold_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: t
     qp[..., d] = 1.0
     kp = k.new_zeros(b, lk, h, dp)
     kp[..., :d] = k
-    bias = key_bias.clamp(min=_NEG) * math.sqrt(d)
+    bias = key_bias.clamp(min=NEG_BIAS) * math.sqrt(d)
     kp[..., d] = (bias.view(-1, lk, 1) if bias.ndim == 2 else bias.view(1, lk, 1)).to(k.dtype)
     vp = v.new_zeros(b, lk, h, dp)
     vp[..., :d] = v
@@ -178,8 +177,8 @@ def attention_folded(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int, start: int = 0) -> None:
     """Store a per-key bias [Lk] into channel d of folded keys [..., start + Lk <= L, H, W]
     (any leading dims), at key positions [start, start + Lk)."""
-    keys[..., start:start + key_bias.shape[-1], :, d] = (key_bias.clamp(min=_NEG) * math.sqrt(d)).view(-1, 1).to(
-        keys.dtype)
+    bias = (key_bias.clamp(min=NEG_BIAS) * math.sqrt(d)).view(-1, 1)
+    keys[..., start:start + key_bias.shape[-1], :, d] = bias.to(keys.dtype)
 
 
 def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -24,7 +24,7 @@ import torch
 from lipar.kernels import _triton, triton_available
 
 LOG2E = 1.4426950408889634
-_NEG = -30000.0   # finite floor for biases: keeps the online softmax free of inf - inf
+NEG_BIAS = -30000.0   # finite floor for biases: exp() underflows to 0, no inf - inf, fits bf16 keys
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest of 11 configs on the split shapes of
 # the 33.8% run on an H100 (benchmarks/bias_attention.py --sweep; within 2% of (128, 64, 8, 4)).
@@ -106,7 +106,7 @@ def supported(q: torch.Tensor) -> bool:
 
 def to_log2(key_bias: torch.Tensor) -> torch.Tensor:
     """Natural-log score bias -> the kernel's float32 log2 units, clamped to a finite floor."""
-    return (key_bias.float() * LOG2E).clamp_(min=_NEG).contiguous()
+    return (key_bias.float() * LOG2E).clamp_(min=NEG_BIAS).contiguous()
 
 
 def attention_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_log2: torch.Tensor, *,
@@ -131,7 +131,7 @@ def attention_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_l
     if lq == 0:
         return out
     if prev is None:
-        po, pl = out, out.new_zeros(1, 1, 1, dtype=torch.float32)   # unread placeholders
+        po, pl = out, bias_log2   # unread placeholders (HAS_PREV=False): no allocation
     else:
         po, pl = prev
         if po.stride(-1) != 1:
@@ -141,7 +141,7 @@ def attention_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_l
     _kernel()[grid](q, k, v, bias_log2, po, pl, out, LOG2E / math.sqrt(d), lq, lk, h,
                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                     v.stride(0), v.stride(1), v.stride(2), po.stride(0), po.stride(1), po.stride(2),
-                    pl.stride(0), pl.stride(1), pl.stride(2), out.stride(0), out.stride(1), out.stride(2),
+                    *(pl.stride() + (0, 0, 0))[:3], out.stride(0), out.stride(1), out.stride(2),
                     bias_log2.stride(0) if bias_log2.ndim == 2 else 0,
                     HAS_PREV=prev is not None, D=d, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
     return out
