@@ -194,8 +194,10 @@ class CausalWan:
                 x = self.post_attention(i, x, self.self_attention(i, q, k, v, layout), e0)
         return self.unpatchify(self.head(x, e), layout, latent.shape[0])
 
-    def pre_attention(self, i: int, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor):
-        """Block i up to self-attention: RoPE'd q, k and v, each [B, N, H, D]."""
+    def pre_attention(self, i: int, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor,
+                      out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+        """Block i up to self-attention: RoPE'd q, k and v, each [B, N, H, D] (written into
+        ``out`` when given)."""
         cfg = self.cfg
         b, n, _ = x.shape
         h, hd = cfg.num_heads, cfg.head_dim
@@ -203,9 +205,11 @@ class CausalWan:
         mod = (self._mods[i].to(self.device, self.dtype).unsqueeze(0) + e0).unbind(2)  # 6 x [B, 1|N, dim]
         sa = blk.self_attn
         y = torch.addcmul(mod[0], blk.norm1(x), 1 + mod[1])
-        q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), rope)
-        k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), rope)
-        return q, k, sa.v(y).view(b, n, h, hd)
+        qo, ko, vo = out if out is not None else (None, None, None)
+        q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), rope, out=qo)
+        k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), rope, out=ko)
+        v = sa.v(y).view(b, n, h, hd)
+        return q, k, (v if vo is None else vo.copy_(v))
 
     def self_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
         """Store this chunk's k/v in layer i's cache, add recovery keys, attend: [B, Nk, H, D]."""

@@ -19,6 +19,7 @@ model and reused by later runs while the model's weights stay where they are.
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -55,7 +56,8 @@ def choose_buckets(needs: list[int], existing: list[int] = (), granularity: int 
 
 @dataclass
 class _GraphSet:
-    """Static buffers and captured graphs for one bucket of N tokens."""
+    """Captured graphs for one bucket of N tokens, and the views of the shared static
+    buffers they read and write."""
 
     n: int
     x: torch.Tensor            # [1, N, dim]
@@ -71,13 +73,22 @@ class _GraphSet:
 
 
 class _ModelGraphs:
-    """What is cached for one model: signature, text buffers, graph sets per bucket."""
+    """What is cached for one model: signature, text buffers, graph sets per bucket.
+
+    Passes never overlap, so every bucket's graphs use the first N rows of one set of
+    static buffers sized for the largest bucket (and one memory pool): the graphs of a
+    pruned run's several buckets cost no more static memory than its largest one."""
 
     def __init__(self, signature):
         self.signature = signature
         self.text: tuple[torch.Tensor, torch.Tensor] | None = None
         self.sets: dict[int, _GraphSet] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
         self.pool = torch.cuda.graph_pool_handle()
+
+    @property
+    def capacity(self) -> int:
+        return self.buffers["x"].shape[1] if self.buffers else 0
 
 
 _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, _ModelGraphs]" = weakref.WeakKeyDictionary()
@@ -88,6 +99,14 @@ def _signature(runner: CausalWan):
     probe = [params[0], params[len(params) // 2], params[-1]]
     return (runner.dtype, runner.device, runner.backend, tuple(p.data_ptr() for p in probe),
             tuple(p.device for p in probe))
+
+
+@functools.lru_cache(maxsize=None)
+def _warmup_stream(device_index: int) -> torch.cuda.Stream:
+    """One side stream per device for the warm-up passes before capture. cuBLAS keeps a
+    workspace (~35 MB on an H100) for every stream it has run on, for the life of the
+    process: a new stream per capture leaked one per captured bucket."""
+    return torch.cuda.Stream(torch.device("cuda", device_index))
 
 
 def clear_graph_cache() -> None:
@@ -128,6 +147,28 @@ class GraphedCausalWan(CausalWan):
 
     def plan_buckets(self, layouts: list[ChunkLayout]) -> None:
         self.bucket_of = choose_buckets([lay.num_kept for lay in layouts], list(self.entry.sets), self.granularity)
+        self._reserve(max(self.bucket_of.values(), default=0))
+
+    def _reserve(self, n: int) -> None:
+        """Static buffers for buckets of up to ``n`` tokens; growing them drops the graphs
+        captured against the old ones."""
+        if n <= self.entry.capacity:
+            return
+        cfg, dev, dt = self.cfg, self.device, self.dtype
+        h, hd = cfg.num_heads, cfg.head_dim
+        self.entry.sets.clear()
+        self.entry.buffers = {}      # free the old buffers before taking the new ones
+        self.entry.buffers = {
+            "x": torch.zeros(1, n, cfg.dim, device=dev, dtype=dt),
+            "e": torch.zeros(1, 1, cfg.dim, device=dev, dtype=dt),
+            "e0": torch.zeros(1, 1, 6, cfg.dim, device=dev, dtype=dt),
+            "rope": torch.ones(n, hd // 2, device=dev, dtype=torch.complex64),
+            "q": torch.zeros(1, n, h, hd, device=dev, dtype=dt),
+            "k": torch.zeros(1, n, h, hd, device=dev, dtype=dt),
+            "v": torch.zeros(1, n, h, hd, device=dev, dtype=dt),
+            "attn": torch.zeros(1, n, h, hd, device=dev, dtype=dt),
+            "out": torch.zeros(1, n, cfg.out_dim * 4, device=dev, dtype=dt),
+        }
 
     def forward_chunk(self, latent, timestep, layout):
         if latent.shape[0] != 1 or timestep.shape[1] != 1:
@@ -157,22 +198,13 @@ class GraphedCausalWan(CausalWan):
         while len(self.entry.sets) >= self.MAX_SETS:
             self.entry.sets.pop(next(iter(self.entry.sets)))
         t0 = time.perf_counter()
-        cfg, dev, dt = self.cfg, self.device, self.dtype
-        h, hd = cfg.num_heads, cfg.head_dim
-        gs = _GraphSet(
-            n=n,
-            x=torch.zeros(1, n, cfg.dim, device=dev, dtype=dt),
-            e=torch.zeros(1, 1, cfg.dim, device=dev, dtype=dt),
-            e0=torch.zeros(1, 1, 6, cfg.dim, device=dev, dtype=dt),
-            rope=torch.ones(n, hd // 2, device=dev, dtype=torch.complex64),
-            q=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
-            k=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
-            v=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
-            attn=torch.zeros(1, n, h, hd, device=dev, dtype=dt),
-            out=torch.zeros(1, n, cfg.out_dim * 4, device=dev, dtype=dt),
-        )
+        self._reserve(n)
+        cfg, dev = self.cfg, self.device
+        buf = self.entry.buffers
+        gs = _GraphSet(n=n, e=buf["e"], e0=buf["e0"], rope=buf["rope"][:n],
+                       **{name: buf[name][:, :n] for name in ("x", "q", "k", "v", "attn", "out")})
         segs = [lambda j=j: self._segment(gs, j) for j in range(cfg.num_layers + 1)]
-        side = torch.cuda.Stream(dev)
+        side = _warmup_stream(dev.index if dev.index is not None else torch.cuda.current_device())
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side), sdpa_context(self.backend):
             for seg in segs:          # warm-up: lazy inits happen outside capture
@@ -194,9 +226,6 @@ class GraphedCausalWan(CausalWan):
         if j > 0:
             gs.x.copy_(self.post_attention(j - 1, gs.x, gs.attn, gs.e0))
         if j < self.cfg.num_layers:
-            q, k, v = self.pre_attention(j, gs.x, gs.e0, gs.rope)
-            gs.q.copy_(q)
-            gs.k.copy_(k)
-            gs.v.copy_(v)
+            self.pre_attention(j, gs.x, gs.e0, gs.rope, out=(gs.q, gs.k, gs.v))
         else:
             gs.out.copy_(self.head(gs.x, gs.e))

@@ -38,20 +38,22 @@ def rope_table(angles: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     return torch.polar(torch.ones_like(angles), angles).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, table: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate interleaved channel pairs of ``x`` [B, N, H, D] by per-token rotations.
 
     table: [N, D/2] complex (``rope_table``). Computed in the table's precision (float32 or
-    float64), returned in x's dtype: three kernels (cast, complex multiply, cast back).
+    float64), returned in x's dtype (written into ``out``, x's shape, when given): one fused
+    kernel on CUDA, three in PyTorch elsewhere (cast, complex multiply, cast back).
     """
     from lipar.kernels import rope_supported, rope_triton
 
-    if rope_supported(x, table):        # one fused pass on CUDA
-        return rope_triton(x, table)
+    if rope_supported(x, table) and (out is None or out.is_contiguous()):
+        return rope_triton(x, table, out=out)
     b, n, h, d = x.shape
     real = torch.float64 if table.dtype == torch.complex128 else torch.float32
     xc = torch.view_as_complex(x.to(real).reshape(b, n, h, d // 2, 2))
-    return torch.view_as_real(xc * table.view(1, n, 1, d // 2)).flatten(-2).to(x.dtype)
+    y = torch.view_as_real(xc * table.view(1, n, 1, d // 2)).flatten(-2).to(x.dtype)
+    return y if out is None else out.copy_(y)
 
 
 def token_positions(frames: int, rows: int, cols: int, frame_offset: int = 0, device=None) -> torch.Tensor:

@@ -52,7 +52,12 @@ def test_cuda_graph_passes_equal_eager_passes(form, bias_mode):
     model = lipar.build_model(lipar.TINY, seed=4, dtype=torch.bfloat16, device="cuda")
     plan = lipar.build_plan(clip.cuda())
     assert plan.prune_ratio() > 0.1
-    for p in (None, plan):
+    from lipar.graphs import _CACHE, clear_graph_cache
+
+    clear_graph_cache()
+    # pruned first (small buckets), then unpruned (the static buffers grow: graphs recaptured),
+    # then pruned again on the grown buffers
+    for p in (plan, None, plan):
         outs = []
         for graphs in (False, True):
             cfg = lipar.SamplerConfig(seed=2, recovery_form=form, cuda_graphs=graphs, bias_mode=bias_mode)
@@ -60,20 +65,60 @@ def test_cuda_graph_passes_equal_eager_passes(form, bias_mode):
         assert outs[1].info["cuda_graphs"] and not outs[0].info["cuda_graphs"]
         err = _rel(outs[1].latent, outs[0].latent)
         assert err < 1e-2, (p is not None, err)
+    sets = _CACHE[model].sets
+    assert len(sets) >= 2, list(sets)
+    # every bucket's graphs use the same static buffers
+    assert len({gs.q.untyped_storage().data_ptr() for gs in sets.values()}) == 1
 
 
-def test_triton_rope_matches_torch_rope():
+def test_graph_captures_leak_no_memory():
+    """Capturing graphs for new token buckets, run after run, leaves nothing allocated once
+    the graphs are dropped (each capture once left a cuBLAS workspace of ~35 MB behind)."""
+    import gc
+
+    from lipar.graphs import clear_graph_cache
+
+    clip = make_clip(ClipSpec(latent_frames=6, height=32, width=48, objects=2, object_size=0.3)).cuda()
+    ctx = 0.1 * torch.randn(1, 9, 4096, device="cuda")
+    model = lipar.build_model(lipar.TINY, seed=4, dtype=torch.bfloat16, device="cuda")
+
+    def settle():
+        clear_graph_cache()
+        gc.collect()
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+
+    lipar.sample(model, ctx, clip, config=lipar.SamplerConfig(cuda_graphs=True))
+    base = settle()
+    buckets = set()
+    for th in (0.05, 0.1, 0.2, 0.4):     # different prune ratios: new buckets, new captures
+        plan = lipar.build_plan(clip, lipar.PlanConfig(threshold=th, anchor_threshold=2 * th))
+        lipar.sample(model, ctx, clip, plan=plan, config=lipar.SamplerConfig(cuda_graphs=True))
+        buckets.update(plan.kept_per_chunk()[0])
+        assert settle() - base < 1 << 20, (th, settle() - base)
+    assert len(buckets) > 2
+
+
+@pytest.mark.parametrize("b,h,d", [(1, 12, 128), (2, 5, 128), (1, 16, 64)])
+def test_triton_rope_matches_torch_rope(b, h, d):
+    """The fused kernel (tiles of tokens x heads, ragged last tile, odd head counts, batch)
+    equals the complex-number RoPE, returned or written into a given buffer."""
     from lipar.kernels import rope_supported, rope_triton
     from lipar.rope import rope_angles, rope_table, token_positions
 
+    cfg = lipar.WanConfig(dim=h * d, num_heads=h)
     pos = token_positions(3, 5, 7)
-    table = rope_table(rope_angles(pos, lipar.WAN_1_3B)).cuda()
+    table = rope_table(rope_angles(pos, cfg)).cuda()
     for dtype in (torch.bfloat16, torch.float32):
-        x = torch.randn(1, pos.shape[0], 12, 128, device="cuda", dtype=dtype)
+        x = torch.randn(b, pos.shape[0], h, d, device="cuda", dtype=dtype)
         assert rope_supported(x, table)
-        ref = torch.view_as_real(torch.view_as_complex(x.float().reshape(1, -1, 12, 64, 2)) * table.view(1, -1, 1, 64))
-        out = rope_triton(x, table)
-        assert _rel(out, ref.flatten(-2)) < (1e-2 if dtype == torch.bfloat16 else 1e-6), dtype
+        ref = torch.view_as_real(torch.view_as_complex(x.float().reshape(b, -1, h, d // 2, 2))
+                                 * table.view(1, -1, 1, d // 2)).flatten(-2)
+        tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
+        assert _rel(rope_triton(x, table), ref) < tol, dtype
+        buf = torch.full_like(x, float("nan"))
+        assert rope_triton(x, table, out=buf) is buf
+        assert _rel(buf, ref) < tol, dtype
 
 
 @pytest.mark.parametrize("lq,lp,lf", [(300, 517, 130), (77, 0, 64), (128, 200, 1), (5, 33, 700)])
