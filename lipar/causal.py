@@ -17,6 +17,7 @@ chunk; later chunks' layouts start after them, so whatever pass ran last for a c
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lipar.attention import (attention, attention_folded, attention_split, fold_width, resolve_backend,
@@ -60,6 +61,18 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
     freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
     s = torch.outer(pos, freqs)
     return torch.cat([torch.cos(s), torch.sin(s)], dim=1)
+
+
+def modulated_norm(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift`` for Wan's affine-free LayerNorms.
+
+    x [B, N, dim]; shift, scale [B, 1|N, dim]. With one modulation for all tokens (B = 1,
+    one timestep per chunk) the modulation is the LayerNorm's own affine: one fused pass
+    instead of a norm and a broadcast multiply-add."""
+    if (shift.shape[0] == 1 and shift.shape[1] == 1 and isinstance(norm, nn.LayerNorm)
+            and not norm.elementwise_affine and norm.normalized_shape == (x.shape[-1],)):
+        return F.layer_norm(x, norm.normalized_shape, (1 + scale).view(-1), shift.view(-1), norm.eps)
+    return torch.addcmul(shift, norm(x), 1 + scale)
 
 
 class CausalWan:
@@ -204,7 +217,7 @@ class CausalWan:
         blk = self.module.blocks[i]
         mod = (self._mods[i].to(self.device, self.dtype).unsqueeze(0) + e0).unbind(2)  # 6 x [B, 1|N, dim]
         sa = blk.self_attn
-        y = torch.addcmul(mod[0], blk.norm1(x), 1 + mod[1])
+        y = modulated_norm(blk.norm1, x, mod[0], mod[1])
         qo, ko, vo = out if out is not None else (None, None, None)
         q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), rope, out=qo)
         k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), rope, out=ko)
@@ -230,14 +243,14 @@ class CausalWan:
         ca = blk.cross_attn
         qc = ca.norm_q(ca.q(blk.norm3(x))).view(b, n, cfg.num_heads, cfg.head_dim)
         x = x + ca.o(attention(qc, self.text_k[i], self.text_v[i], backend=self.backend).flatten(2))
-        y = torch.addcmul(mod[3], blk.norm2(x), 1 + mod[4])
+        y = modulated_norm(blk.norm2, x, mod[3], mod[4])
         return torch.addcmul(x, blk.ffn(y), mod[5])
 
     def head(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """Output head: [B, N, dim] -> [B, N, 4 * out_dim]."""
         head = self.module.head
         hm = (self._head_mod.to(self.device, self.dtype).unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # 2 x [B, *, dim]
-        return head.head(torch.addcmul(hm[0], head.norm(x), 1 + hm[1]))
+        return head.head(modulated_norm(head.norm, x, hm[0], hm[1]))
 
     def unpatchify(self, out: torch.Tensor, lay: ChunkLayout, b: int) -> torch.Tensor:
         """[B, Nk, 4*C] token predictions -> [B, C, F, H, W] (zeros at pruned positions)."""

@@ -45,3 +45,21 @@ def test_cache_is_causal_later_chunks_do_not_change_earlier(tiny64):
     other = lipar.sample(tiny64, ctx, changed, config=cfg).latent
     assert torch.equal(full[:, :, :3], other[:, :, :3])
     assert not torch.allclose(full[:, :, 3:], other[:, :, 3:])
+
+
+def test_modulated_norm_fused_equals_norm_then_modulation():
+    """One modulation for all tokens goes into the LayerNorm's affine; per-token
+    modulations (or batch > 1) take the two-step path; both equal norm(x) * (1 + scale) + shift."""
+    from lipar.causal import modulated_norm
+
+    g = torch.Generator().manual_seed(0)
+    norm = torch.nn.LayerNorm(16, 1e-6, elementwise_affine=False).double()
+    for b, n_mod in ((1, 1), (1, 7), (2, 1)):
+        x = torch.randn(b, 7, 16, generator=g, dtype=torch.float64)
+        shift, scale = (torch.randn(b, n_mod, 16, generator=g, dtype=torch.float64) for _ in range(2))
+        ref = norm(x) * (1 + scale) + shift
+        assert torch.allclose(modulated_norm(norm, x, shift, scale), ref, atol=1e-12), (b, n_mod)
+    affine = torch.nn.LayerNorm(16, 1e-6).double()     # a norm with its own affine is not fused
+    with torch.no_grad():
+        affine.weight.mul_(2.0)
+    assert torch.allclose(modulated_norm(affine, x, shift, scale), affine(x) * (1 + scale) + shift, atol=1e-12)
