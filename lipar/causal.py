@@ -200,6 +200,8 @@ class CausalWan:
 
     def forward_chunk(self, latent: torch.Tensor, timestep: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
         """Flow prediction for one chunk. latent [B, 16, F, H, W], timestep [B, F] or [B, 1]."""
+        if layout.num_kept == 0:   # every token pruned: nothing to compute, nothing to cache
+            return latent.new_zeros(latent.shape, dtype=self.dtype)
         x, e, e0 = self.embed(latent, timestep, layout)
         with sdpa_context(self.backend):
             for i in range(self.cfg.num_layers):

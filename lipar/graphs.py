@@ -146,7 +146,8 @@ class GraphedCausalWan(CausalWan):
         super().encode_text(context, out=self.entry.text)
 
     def plan_buckets(self, layouts: list[ChunkLayout]) -> None:
-        self.bucket_of = choose_buckets([lay.num_kept for lay in layouts], list(self.entry.sets), self.granularity)
+        needs = [lay.num_kept for lay in layouts if lay.num_kept]
+        self.bucket_of = choose_buckets(needs, list(self.entry.sets), self.granularity)
         self._reserve(max(self.bucket_of.values(), default=0))
 
     def _reserve(self, n: int) -> None:
@@ -171,7 +172,7 @@ class GraphedCausalWan(CausalWan):
         }
 
     def forward_chunk(self, latent, timestep, layout):
-        if latent.shape[0] != 1 or timestep.shape[1] != 1:
+        if latent.shape[0] != 1 or timestep.shape[1] != 1 or layout.num_kept == 0:
             return super().forward_chunk(latent, timestep, layout)
         n = layout.num_kept
         gs = self._graph_set(self.bucket_of.get(n) or -(-n // self.granularity) * self.granularity)

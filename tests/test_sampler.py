@@ -140,3 +140,23 @@ def test_choose_buckets_shares_within_waste_and_reuses_existing():
     assert got == {4680: 4680, 3071: 3072, 2844: 3072, 2841: 3072, 2807: 3072, 2797: 3072, 2678: 2680}
     got = choose_buckets([4680, 3071, 2844, 2841, 2807, 2797, 2678], max_waste=0.04)
     assert got == {4680: 4680, 3071: 3072, 2844: 2848, 2841: 2848, 2807: 2848, 2797: 2848, 2678: 2680}
+
+
+@pytest.mark.parametrize("mode,form", [("none", "exact"), ("noise_aware", "compressed"), ("noise_aware", "exact")])
+def test_fully_pruned_chunks_run_no_transformer_pass(model, mode, form):
+    """A still shot prunes every token after chunk 0: those chunks cost nothing (no block
+    runs), and the video is chunk 0's result plus restored copies."""
+    still = make_clip(ClipSpec(kind="static", latent_frames=9, height=8, width=12))
+    plan = build_plan(still)
+    assert plan.kept_per_chunk()[0][1:] == [0, 0]
+    calls = []
+    hook = model.blocks[0].self_attn.q.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        cfg = lipar.SamplerConfig(seed=1, recovery=mode, recovery_form=form)
+        out = lipar.sample(model, CTX, still, plan=plan, config=cfg)
+    finally:
+        hook.remove()
+    assert len(calls) == len(cfg.resolved_steps()) + 1     # chunk 0's steps and its cache pass
+    base = lipar.sample(model, CTX, still, config=lipar.SamplerConfig(seed=1)).latent
+    assert torch.allclose(out.latent[:, :, :3], base[:, :, :3], atol=1e-5)
+    assert torch.isfinite(out.latent).all() and (out.latent[:, :, 3:] == 0).all()
