@@ -63,8 +63,8 @@ def rope_triton(x: torch.Tensor, table: torch.Tensor, out: torch.Tensor | None =
     b, n, h, d = x.shape
     if out is None:
         out = torch.empty_like(x)
-    # tiles of ~1024 elements: on an H100 (4680 x 12 x 128 bf16) 37 us, against 74 us for one
-    # program per token and 94-108 us for 4096-element tiles (benchmarks/NOTES.md, v10)
+    # tiles of ~1024 elements: on an H100 (4680 x 12 x 128 bf16) 32-37 us, against 74-79 us for
+    # one program per token and 94-108 us for 4096-element tiles (benchmarks/NOTES.md, v10)
     block_h = min(h & -h, 4)          # heads per tile: the largest power of two dividing H, at most 4
     block_t = max(1, 1024 // (block_h * d))
     grid = (-(-(b * n) // block_t), -(-h // block_h))
