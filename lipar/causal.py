@@ -75,6 +75,27 @@ def modulated_norm(norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale:
     return torch.addcmul(shift, norm(x), 1 + scale)
 
 
+def _plain_linear(lin: nn.Module, like: torch.Tensor) -> bool:
+    """A Linear whose weight and bias can be used as they are: on ``like``'s device and in its
+    dtype, with no on-the-fly casting or patching (ComfyUI's low-VRAM and LoRA hooks)."""
+    return (isinstance(lin, nn.Linear) and lin.bias is not None and lin.weight.device == like.device
+            and lin.weight.dtype == like.dtype and lin.bias.dtype == like.dtype
+            and not getattr(lin, "comfy_cast_weights", False)
+            and not getattr(lin, "weight_function", None) and not getattr(lin, "bias_function", None))
+
+
+def feed_forward(ffn: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """Wan's FFN ``Linear -> GELU(tanh) -> Linear`` on y [B, N, dim]. On CUDA the GELU runs in
+    the first matrix product's epilogue (cuBLASLt), saving a pass over the [N, ffn_dim]
+    activations; anything else runs the module as it is."""
+    if (y.is_cuda and isinstance(ffn, nn.Sequential) and len(ffn) == 3 and isinstance(ffn[1], nn.GELU)
+            and ffn[1].approximate == "tanh" and _plain_linear(ffn[0], y) and y.shape[1] > 0):
+        first = ffn[0]
+        h = torch._addmm_activation(first.bias, y.reshape(-1, y.shape[-1]), first.weight.t(), use_gelu=True)
+        return ffn[2](h.view(*y.shape[:-1], h.shape[-1]))
+    return ffn(y)
+
+
 class CausalWan:
     """Chunk-by-chunk Wan forward with a preallocated KV cache.
 
@@ -246,7 +267,7 @@ class CausalWan:
         qc = ca.norm_q(ca.q(blk.norm3(x))).view(b, n, cfg.num_heads, cfg.head_dim)
         x = x + ca.o(attention(qc, self.text_k[i], self.text_v[i], backend=self.backend).flatten(2))
         y = modulated_norm(blk.norm2, x, mod[3], mod[4])
-        return torch.addcmul(x, blk.ffn(y), mod[5])
+        return torch.addcmul(x, feed_forward(blk.ffn, y), mod[5])
 
     def head(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """Output head: [B, N, dim] -> [B, N, 4 * out_dim]."""

@@ -71,6 +71,37 @@ def test_cuda_graph_passes_equal_eager_passes(form, bias_mode):
     assert len({gs.q.untyped_storage().data_ptr() for gs in sets.values()}) == 1
 
 
+def test_fused_feed_forward_equals_the_module():
+    """GELU in the GEMM epilogue (cuBLASLt) is Wan's tanh GELU: the FFN module's result
+    (float32: to 1e-5, where the erf GELU differs by more; bf16: to bf16 precision); weights
+    that ComfyUI casts on the fly take the module's own path."""
+    from lipar.causal import feed_forward
+
+    torch.manual_seed(0)
+    ffn = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(approximate="tanh"),
+                              torch.nn.Linear(1024, 256)).cuda()
+    erf = torch.nn.Sequential(ffn[0], torch.nn.GELU(), ffn[2])
+    y = torch.randn(1, 300, 256, device="cuda")
+    calls = []
+    hook = ffn[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.no_grad():
+            ref = ffn(y)
+            calls.clear()
+            out = feed_forward(ffn, y)
+            assert not calls                                   # the fused path ran
+            assert _rel(out, ref) < 1e-5 < _rel(out, erf(y)), (_rel(out, ref), _rel(out, erf(y)))
+            ffn.bfloat16()
+            assert _rel(feed_forward(ffn, y.bfloat16()), ref) < 1e-2
+            assert feed_forward(ffn, y[:, :0].bfloat16()).shape == (1, 0, 256)
+            ffn[0].comfy_cast_weights = True                   # ComfyUI low-VRAM: weights cast per call
+            calls.clear()
+            feed_forward(ffn, y.bfloat16())
+            assert calls == [1]
+    finally:
+        hook.remove()
+
+
 def test_graph_captures_leak_no_memory():
     """Capturing graphs for new token buckets, run after run, leaves nothing allocated once
     the graphs are dropped (each capture once left a cuBLAS workspace of ~35 MB behind)."""
