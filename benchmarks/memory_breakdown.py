@@ -24,13 +24,10 @@ from collections import defaultdict
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipar.bench import fit_threshold, video_to_latent_dims  # noqa: E402
-from lipar.clips import ClipSpec, make_clip  # noqa: E402
-from lipar.config import preset  # noqa: E402
 from lipar.graphs import clear_graph_cache  # noqa: E402
-from lipar.model import build_model  # noqa: E402
-from lipar.plan import PlanConfig  # noqa: E402
-from lipar.sampler import SamplerConfig, sample  # noqa: E402
+from lipar.sampler import sample  # noqa: E402
+
+from case import edit_case  # noqa: E402  (benchmarks/case.py)
 
 
 def _site(frames: list[dict]) -> str:
@@ -101,14 +98,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--clip", default="objects")
     args = ap.parse_args()
-    dev = torch.device("cuda", torch.cuda.current_device())
-    t, h, w = video_to_latent_dims(args.frames, 480, 832)
-    cfg_model = preset("1.3b")
-    model = build_model(cfg_model, seed=0, dtype=torch.bfloat16, device=dev)
-    latent = make_clip(ClipSpec(kind=args.clip, latent_frames=t, height=h, width=w, seed=0)).to(dev)
-    ctx = (0.1 * torch.randn(1, 64, cfg_model.text_dim, generator=torch.Generator().manual_seed(0))).to(dev)
-    plan = fit_threshold(latent, args.target_prune, PlanConfig(chunk_frames=3))
-    scfg = SamplerConfig(steps=(400, 350, 250))
+    dev, model, ctx, latent, plan, scfg = edit_case(args.clip, args.target_prune, args.frames)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     out = {"gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "command": "python benchmarks/memory_breakdown.py " + " ".join(sys.argv[1:]),

@@ -23,12 +23,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lipar.bench import fit_threshold, video_to_latent_dims  # noqa: E402
-from lipar.clips import ClipSpec, make_clip  # noqa: E402
-from lipar.config import preset  # noqa: E402
-from lipar.model import build_model  # noqa: E402
-from lipar.plan import PlanConfig  # noqa: E402
-from lipar.sampler import SamplerConfig, sample  # noqa: E402
+from lipar.sampler import sample  # noqa: E402
+
+from case import edit_case  # noqa: E402  (benchmarks/case.py)
 
 KINDS = (("attention_cudnn", ("cudnn", "fmha", "flash_fwd", "sdpa")),
          ("attention_bias", ("attn_fwd",)),
@@ -87,14 +84,7 @@ def main() -> None:
     ap.add_argument("--target-prune", type=float, default=0.338)
     ap.add_argument("--clip", default="objects")
     args = ap.parse_args()
-    dev = torch.device("cuda")
-    t, h, w = video_to_latent_dims(81, 480, 832)
-    cfg_model = preset("1.3b")
-    model = build_model(cfg_model, seed=0, dtype=torch.bfloat16, device=dev)
-    latent = make_clip(ClipSpec(kind=args.clip, latent_frames=t, height=h, width=w, seed=0)).to(dev)
-    ctx = (0.1 * torch.randn(1, 64, cfg_model.text_dim, generator=torch.Generator().manual_seed(0))).to(dev)
-    plan = fit_threshold(latent, args.target_prune, PlanConfig(chunk_frames=3))
-    scfg = SamplerConfig(steps=(400, 350, 250))
+    dev, model, ctx, latent, plan, scfg = edit_case(args.clip, args.target_prune, 81)
     out = {"gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__,
            "command": "python benchmarks/profile_run.py " + " ".join(sys.argv[1:]),
            "prune_ratio": plan.prune_ratio(), "runs": {}}
