@@ -25,7 +25,7 @@ from lipar.attention import (attention, attention_folded, attention_split, fold_
 from lipar.config import WanConfig, infer_config
 from lipar.errors import LiparError
 from lipar.flash_bias import to_log2
-from lipar.recovery import ChunkLayout, build_layouts, fill_keys
+from lipar.recovery import ChunkLayout, build_layouts, fill_keys, move_visible
 from lipar.rope import apply_rope
 
 WAN_PARAMETERS = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
@@ -176,9 +176,13 @@ class CausalWan:
         return self.cache_k is not None and self.cache_k.shape[-1] != self.cfg.head_dim
 
     def begin_chunk(self, lay: ChunkLayout) -> None:
-        """Before a chunk's passes, once for all layers: with folded keys, write the chunk's
-        per-key bias into the bias channel of the cache (the passes only write channels < D);
-        in split mode, convert the biased keys' bias to the kernel's units."""
+        """Before a chunk's passes, once for all layers: when the KV window has moved, gather
+        the tokens the chunk still sees into place (one layer at a time, so the temporary is one
+        layer's keys); with folded keys, write the chunk's per-key bias into the bias channel of
+        the cache (the passes only write channels < D); in split mode, convert the biased keys'
+        bias to the kernel's units."""
+        for i in range(self.cfg.num_layers if lay.gather_src is not None else 0):
+            move_visible(self.cache_k[i], self.cache_v[i], lay)
         if lay.key_bias is None:
             return
         if self.folded:
@@ -188,6 +192,10 @@ class CausalWan:
 
     def plan_buckets(self, layouts: list[ChunkLayout]) -> None:
         """Eager passes take any shape; ``GraphedCausalWan`` picks its CUDA-graph buckets here."""
+
+    def cache_bytes(self) -> int:
+        """Bytes of the KV cache (keys and values of all layers) this run allocated."""
+        return sum(t.numel() * t.element_size() for t in (self.cache_k, self.cache_v) if t is not None)
 
     def release(self) -> None:
         self.text_k = self.text_v = self.cache_k = self.cache_v = self._dup_scratch = self._folded_q = None

@@ -94,11 +94,43 @@ class _ModelGraphs:
 _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, _ModelGraphs]" = weakref.WeakKeyDictionary()
 
 
-def _signature(runner: CausalWan):
-    params = list(runner.module.parameters())
-    probe = [params[0], params[len(params) // 2], params[-1]]
-    return (runner.dtype, runner.device, runner.backend, tuple(p.data_ptr() for p in probe),
-            tuple(p.device for p in probe))
+def _tensor_identity(t: torch.Tensor) -> tuple:
+    """Where a tensor's data lives and how it is laid out. Tensor subclasses that wrap other
+    tensors (e.g. ComfyUI's quantized fp8 weights with their scales) are identified by their
+    inner tensors."""
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        names, _ = t.__tensor_flatten__()
+        return (type(t).__name__,) + tuple(_tensor_identity(getattr(t, n)) for n in names)
+    return (t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.device)
+
+
+def weights_signature(module: torch.nn.Module) -> tuple:
+    """The identity of every tensor a captured graph of ``module`` reads: address, dtype, shape,
+    strides and device of each parameter and buffer, plus each submodule's ComfyUI cast flag.
+
+    A CUDA graph reads its weights from the addresses it was captured with. Hosts change
+    weights between runs by putting new tensors into the module (ComfyUI's ModelPatcher sets
+    a LoRA-patched copy with ``set_attr_param`` and restores the original the same way;
+    offloading and reloading moves every tensor), so graphs stay valid exactly while every
+    tensor is where it was: values written in place are read by the next replay as they are.
+    Costs one pass over the parameters (~0.5 ms for the 1.3B model, measured in
+    benchmarks/results; tests/test_graph_signature.py shows what changes it)."""
+    tensors = tuple(_tensor_identity(t) for t in module.parameters())
+    buffers = tuple(_tensor_identity(t) for t in module.buffers())
+    casts = tuple(i for i, m in enumerate(module.modules()) if getattr(m, "comfy_cast_weights", False))
+    return tensors, buffers, casts
+
+
+def has_weight_hooks(module: torch.nn.Module) -> bool:
+    """True when some submodule computes its weights on the fly from patches (ComfyUI's
+    ``weight_function``/``bias_function``, used for LoRAs on partly loaded models): those
+    patches are not module tensors, so a captured graph could not see them change."""
+    return any(getattr(m, "weight_function", None) or getattr(m, "bias_function", None) for m in module.modules())
+
+
+def _signature(runner: CausalWan) -> tuple:
+    return (runner.dtype, runner.device, runner.backend, runner.bias_mode, weights_signature(runner.module))
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,7 +18,14 @@ chunk. A token is pruned only when such an anchor exists and both distances hold
     mean|P_t - P_{t-1}| < threshold        (Eq. 1, L1 per element)
     mean|P_t - P_anchor| < anchor_threshold (Eq. 5)
 
-Consequences: frame 0 is never pruned, and neither is any token of chunk 0.
+Consequences: frame 0 is never pruned, and neither is any token of chunk 0. With a bounded
+KV window (``lipar.chunks.KVWindow``) the anchor must also still be in the window of the
+token's chunk (it is in the cache only then); otherwise the token is kept and becomes the
+anchor of the frames after it.
+
+A plan is tied to the latent it was made for by a fingerprint (per-frame statistics of the
+normalised latent, ``latent_fingerprint``): a plan made for another clip, a trimmed and
+re-padded latent or the sum of two latents is refused where it is used, not applied.
 
 Shapes: latent ``[B, C, T, H, W]``; token grid ``[B, T, H/2, W/2]``.
 """
@@ -31,10 +38,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lipar.chunks import UNBOUNDED, KVWindow, chunk_spans
 from lipar.errors import LiparError
 from lipar.validate import check_latent
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2          # 2: with the latent's fingerprint; format 1 files still load
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class PruningPlan:
     anchor_frame: torch.Tensor
     latent_shape: tuple[int, ...]
     config: PlanConfig = field(default_factory=PlanConfig)
+    fingerprint: torch.Tensor | None = None   # float64 [B, T, 3] of the latent it was made for (CPU)
 
     # ---- shape facts -------------------------------------------------------------
     @property
@@ -118,10 +127,14 @@ class PruningPlan:
         return (1.0 - self.keep.float().mean(dim=(0, 2, 3))).tolist()
 
     def kept_per_chunk(self) -> list[list[int]]:
-        """Kept tokens per chunk, per sample: B lists of T/chunk_frames counts."""
-        b, t = self.keep.shape[:2]
-        c = self.config.chunk_frames
-        return self.keep.reshape(b, t // c, -1).sum(-1).tolist()
+        """Kept tokens per chunk, per sample: B lists of one count per chunk (``chunk_spans``)."""
+        counts = self.keep.flatten(2).sum(-1)                                  # [B, T]
+        spans = chunk_spans(self.frames, self.config.chunk_frames)
+        return torch.stack([counts[:, a:a + n].sum(1) for a, n in spans], 1).tolist()
+
+    def pruned_anything_possible(self) -> bool:
+        """False when the latent fits in chunk 0, whose tokens are never pruned (no anchor)."""
+        return self.frames > self.config.chunk_frames
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -145,28 +158,49 @@ class PruningPlan:
                 f"The pruning plan was made for {self.config.chunk_frames}-frame chunks but the sampler uses "
                 f"{chunk_frames}. Set the same chunk frames on the pruner and the sampler.")
 
+    def check_latent(self, latent: torch.Tensor, chunk_frames: int | None = None) -> None:
+        """Raise a LiparError unless this plan is a valid plan made for exactly this (normalised)
+        latent: its shape and chunking, its fingerprint, and the plan's own invariants (a
+        hand-edited plan is refused here, not deep inside sampling)."""
+        self.check_fits(tuple(latent.shape), chunk_frames)
+        self.check_consistent()
+        if self.fingerprint is None:
+            return
+        seen = latent_fingerprint(latent)
+        if not torch.allclose(seen, self.fingerprint, rtol=1e-4, atol=1e-5):
+            frames = (~torch.isclose(seen, self.fingerprint, rtol=1e-4, atol=1e-5)).any(-1).any(0)
+            first = int(frames.nonzero()[0])
+            raise LiparError(
+                f"The pruning plan was made for another latent of the same shape (they differ from latent frame "
+                f"{first} on): a plan only fits the latent the Latent Inter-Frame Pruner saw. Connect the pruner's "
+                "output straight to the sampler, or re-run the pruner on the latent you sample.")
+
     def to(self, device: torch.device | str) -> "PruningPlan":
         return PruningPlan(self.keep.to(device), self.source_frame.to(device), self.anchor_frame.to(device),
-                           self.latent_shape, self.config)
+                           self.latent_shape, self.config, self.fingerprint)
 
     def select(self, index: int) -> "PruningPlan":
         """The plan of one sample, as a batch of one."""
         sl = slice(index, index + 1)
         shape = (1,) + tuple(self.latent_shape[1:])
-        return PruningPlan(self.keep[sl], self.source_frame[sl], self.anchor_frame[sl], shape, self.config)
+        fp = None if self.fingerprint is None else self.fingerprint[sl]
+        return PruningPlan(self.keep[sl], self.source_frame[sl], self.anchor_frame[sl], shape, self.config, fp)
 
     # ---- plain data --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, "keep": self.keep.cpu(), "source_frame": self.source_frame.cpu(),
                 "anchor_frame": self.anchor_frame.cpu(), "latent_shape": list(self.latent_shape),
-                "config": asdict(self.config)}
+                "config": asdict(self.config), "fingerprint": self.fingerprint}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PruningPlan":
-        if d.get("format") != PLAN_FORMAT:
-            raise LiparError(f"Unsupported plan format {d.get('format')!r}; this lipar reads format {PLAN_FORMAT}.")
+        if d.get("format") not in (1, PLAN_FORMAT):
+            raise LiparError(f"Unsupported plan format {d.get('format')!r}; this lipar reads formats 1 and "
+                             f"{PLAN_FORMAT}.")
+        fp = d.get("fingerprint")
         plan = cls(d["keep"].bool(), d["source_frame"].long(), d["anchor_frame"].long(),
-                   tuple(int(s) for s in d["latent_shape"]), PlanConfig(**d["config"]).validate())
+                   tuple(int(s) for s in d["latent_shape"]), PlanConfig(**d["config"]).validate(),
+                   None if fp is None else fp.double())
         plan.check_consistent()
         return plan
 
@@ -178,17 +212,27 @@ class PruningPlan:
         return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     def check_consistent(self) -> None:
-        """Validate the invariants a sampler relies on (used after loading)."""
+        """Validate the invariants a sampler relies on (after loading, and wherever a plan is used)."""
+        if len(self.latent_shape) != 5:
+            raise LiparError(f"Invalid plan: latent shape {list(self.latent_shape)} is not [B, C, T, H, W].")
         b, c, t, h, w = self.latent_shape
-        if self.keep.shape != (b, t, h // 2, w // 2):
-            raise LiparError(f"Plan mask shape {list(self.keep.shape)} does not match latent shape {list(self.latent_shape)}.")
-        if t % self.config.chunk_frames:
-            raise LiparError(f"Plan has {t} frames, not a multiple of its chunk size {self.config.chunk_frames}.")
+        grid = (b, t, h // 2, w // 2)
+        for name, dtype in (("keep", torch.bool), ("source_frame", torch.int64), ("anchor_frame", torch.int64)):
+            v = getattr(self, name)
+            if not isinstance(v, torch.Tensor) or v.dtype != dtype or tuple(v.shape) != grid:
+                got = f"{v.dtype} {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+                raise LiparError(f"Invalid plan: {name} must be {dtype} of shape {list(grid)} for latent shape "
+                                 f"{list(self.latent_shape)}; got {got}. Re-run the Latent Inter-Frame Pruner.")
+        fp = self.fingerprint
+        if fp is not None and not (isinstance(fp, torch.Tensor) and tuple(fp.shape) == (b, t, 3)):
+            raise LiparError("Invalid plan: its latent fingerprint does not match the latent shape; re-run the pruner.")
         if not bool(self.keep[:, 0].all()):
             raise LiparError("Invalid plan: frame 0 must be kept.")
         expect = derive_frames(self.keep, self.config.chunk_frames)
-        if not (torch.equal(expect[0], self.source_frame) and torch.equal(expect[1], self.anchor_frame)):
-            raise LiparError("Invalid plan: source/anchor frames do not follow from the keep mask.")
+        if not (torch.equal(expect[0], self.source_frame.to(expect[0].device))
+                and torch.equal(expect[1], self.anchor_frame.to(expect[1].device))):
+            raise LiparError("Invalid plan: source/anchor frames do not follow from the keep mask (was the plan "
+                             "edited?). Re-run the Latent Inter-Frame Pruner.")
         pruned = ~self.keep
         if bool((self.anchor_frame[pruned] < 0).any()):
             raise LiparError("Invalid plan: a pruned token has no anchor in an earlier chunk.")
@@ -250,14 +294,33 @@ def derive_frames(keep: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, 
     return last_kept, anchor
 
 
-def build_plan(latent: torch.Tensor, config: PlanConfig | None = None) -> PruningPlan:
+def latent_fingerprint(latent: torch.Tensor) -> torch.Tensor:
+    """Per-frame statistics that tell latents apart: float64 [B, T, 3] on the CPU (mean, mean
+    square, and the mean against a fixed pseudo-random +-1 pattern) of ``latent`` [B, C, T, H, W].
+    Rounding differences between hosts' normalisations stay far below the tolerance of
+    ``PruningPlan.check_latent``; another clip, frame or sum does not."""
+    b, c, t, h, w = latent.shape
+    x = latent.detach().double().permute(0, 2, 1, 3, 4).reshape(b, t, -1)            # [B, T, C*H*W]
+    sign = torch.randint(0, 2, (c * h * w,), generator=torch.Generator().manual_seed(0)).double() * 2 - 1
+    stats = torch.stack([x.mean(-1), x.pow(2).mean(-1), (x * sign.to(x.device)).mean(-1)], -1)
+    return stats.cpu()
+
+
+def _anchor_in_window(last_kept: torch.Tensor, window: KVWindow, start: int, count: int) -> torch.Tensor:
+    """Where the anchor (latest kept frame before the chunk, [B, Hp, Wp]) is still in the
+    chunk's KV window, so its clean key/value is in the cache."""
+    return (last_kept >= 0) & window.frame_visible(last_kept, start, count)
+
+
+def build_plan(latent: torch.Tensor, config: PlanConfig | None = None, window: KVWindow = UNBOUNDED) -> PruningPlan:
     """Make a pruning plan for a Wan latent ``[B, 16, T, H, W]`` (on the latent's device).
 
-    Vectorised over batch, frames and tokens; the only loop is over chunks (T/3), since
-    a chunk's anchors depend on what earlier chunks kept. No host synchronisation.
+    Vectorised over batch, frames and tokens; the only loop is over chunks, since a chunk's
+    anchors depend on what earlier chunks kept. No host synchronisation. ``window``: the KV
+    window the sampler will run with (a token whose anchor has left it is kept).
     """
     config = (config or PlanConfig()).validate()
-    check_latent(latent, chunk_frames=config.chunk_frames, what="latent to prune")
+    check_latent(latent, what="latent to prune")
     b, c, t, h, w = latent.shape
     p = patchify(latent.float())                                  # [B, T, Hp, Wp, 64]
     hp, wp = p.shape[2], p.shape[3]
@@ -273,25 +336,47 @@ def build_plan(latent: torch.Tensor, config: PlanConfig | None = None) -> Prunin
 
     keep = torch.ones((b, t, hp, wp), dtype=torch.bool, device=latent.device)
     last_kept = torch.zeros((b, hp, wp), dtype=torch.long, device=latent.device)  # frame 0 is kept
-    for c0 in range(cf, t, cf):
+    for c0, n in chunk_spans(t, cf)[1:]:
         # Update the anchor (latest kept frame before this chunk) from the previous chunk.
         prev_keep = keep[:, c0 - cf:c0]
         frames = torch.arange(c0 - cf, c0, device=latent.device).view(1, cf, 1, 1)
         last_kept = torch.maximum(last_kept, torch.where(prev_keep, frames, -1).amax(1))
         gather_idx = last_kept.view(b, 1, hp, wp, 1).expand(b, 1, hp, wp, p.shape[-1])
         anchor_patch = torch.gather(p, 1, gather_idx)             # [B, 1, Hp, Wp, 64]
-        d_anchor = patch_distance(p[:, c0:c0 + cf], anchor_patch, config.trim_outliers)
-        d_anchor = _box(d_anchor.flatten(0, 1), config.smooth).view(b, cf, hp, wp)
-        pruned = candidate[:, c0:c0 + cf] & (d_anchor < config.anchor_threshold)
+        d_anchor = patch_distance(p[:, c0:c0 + n], anchor_patch, config.trim_outliers)
+        d_anchor = _box(d_anchor.flatten(0, 1), config.smooth).view(b, n, hp, wp)
+        pruned = candidate[:, c0:c0 + n] & (d_anchor < config.anchor_threshold)
+        pruned &= _anchor_in_window(last_kept, window, c0, n).unsqueeze(1)
         pruned = pruned.flatten(0, 1)
         if config.open_pruned > 0:   # opening: drop pruned specks smaller than the structuring element
             pruned = _dilate(_erode(pruned, config.open_pruned), config.open_pruned) & pruned
         if config.dilate_kept > 0:   # grow kept regions (moving edges stay computed)
             pruned = _erode(pruned, config.dilate_kept)
-        keep[:, c0:c0 + cf] = ~pruned.view(b, cf, hp, wp)
+        keep[:, c0:c0 + n] = ~pruned.view(b, n, hp, wp)
 
     source, anchor = derive_frames(keep, cf)
-    return PruningPlan(keep, source, anchor, tuple(latent.shape), config)
+    return PruningPlan(keep, source, anchor, tuple(latent.shape), config, latent_fingerprint(latent))
+
+
+def restrict_to_window(plan: PruningPlan, window: KVWindow) -> tuple[PruningPlan, int]:
+    """The plan for a sampler whose KV cache rolls with ``window``: every pruned token whose
+    anchor has left its chunk's window is kept instead (it then anchors the frames after it).
+    Returns (plan, number of tokens newly kept); the same plan when nothing changes."""
+    b, t, hp, wp = plan.keep.shape
+    cf = plan.config.chunk_frames
+    if not window.evicts(t, cf):
+        return plan, 0
+    keep = plan.keep.clone()
+    last_kept = torch.zeros((b, hp, wp), dtype=torch.long, device=keep.device)
+    for c0, n in chunk_spans(t, cf)[1:]:
+        frames = torch.arange(c0 - cf, c0, device=keep.device).view(1, cf, 1, 1)
+        last_kept = torch.maximum(last_kept, torch.where(keep[:, c0 - cf:c0], frames, -1).amax(1))
+        keep[:, c0:c0 + n] |= ~_anchor_in_window(last_kept, window, c0, n).unsqueeze(1)
+    added = int((keep & ~plan.keep).sum())
+    if not added:
+        return plan, 0
+    source, anchor = derive_frames(keep, cf)
+    return PruningPlan(keep, source, anchor, plan.latent_shape, plan.config, plan.fingerprint), added
 
 
 def empty_plan(latent_shape: tuple[int, ...], chunk_frames: int = 3, device: str | torch.device = "cpu") -> PruningPlan:

@@ -1,43 +1,61 @@
-"""Per-chunk token layouts: which tokens a chunk pass computes, and attention recovery.
+"""Per-chunk token layouts: which tokens a chunk pass computes, where its keys live in the
+KV cache, and attention recovery.
 
-For chunk ``c`` the attention keys live in one buffer per layer (see ``lipar.causal``):
+A chunk attends to the kept tokens of the earlier frames its KV window shows
+(``lipar.chunks.KVWindow``; all earlier frames unless the video outgrows the window), to
+its own kept tokens, and, for every pruned token among those frames and its own, to a
+*stand-in*: a kept token at the same (y, x) whose key/value replaces the missing one
+(paper Eq. 3-4):
 
-    [ kept tokens of earlier chunks (L_c) | kept tokens of this chunk (N_k) | duplicates (N_d) ]
+* pruned tokens of earlier chunks: their *source* (latest kept frame before them); its
+  clean key/value is in the cache (written by the clean cache-update pass).
+* pruned tokens of this chunk, ``m_degree``: the source too, which may be a *noisy* token
+  of this chunk.
+* pruned tokens of this chunk, ``noise_aware``: the *anchor*, the latest kept token of an
+  earlier chunk, whose key/value is clean (paper 2.4.1). The plan only prunes tokens whose
+  anchor is in their chunk's window.
 
-Every pruned token visible to the chunk (all pruned tokens of earlier chunks and of
-this chunk) needs a stand-in key/value so the softmax sees the full sequence
-(paper Eq. 3-4). Its stand-in is a kept token at the same (y, x):
+A pruned token of an earlier chunk whose stand-in has left the window leaves with it (its
+duplicates were copies of the evicted key/value).
 
-* earlier chunks: the pruned token's *source* (latest kept frame before it); its clean
-  key/value is in the cache (written by the clean cache-update pass).
-* this chunk, ``m_degree``: the source too, which may be a *noisy* token of this chunk.
-* this chunk, ``noise_aware``: the *anchor*, the latest kept token of an earlier chunk,
-  whose key/value is clean (paper 2.4.1). The plan only prunes tokens that have one.
+Two forms of the same recovery, both FlashAttention-compatible (they change keys, or add
+one per-key score term; no per-pair matrices):
 
-Two forms of the same recovery, both FlashAttention-compatible (they change keys, or
-add one per-key score term; no per-pair matrices):
-
-* ``exact``: duplicates are materialised: the stand-in's RoPE'd key is rotated along
-  the frame axis by (t_pruned - t_standin), which places it at the pruned token's own
-  position (RoPE rotations compose), and its value is copied. With exactly duplicated
-  tokens this reproduces full attention exactly (Eq. 4).
-* ``compressed``: no duplicates; each key gets a score bias ``log(1 + m)`` where ``m``
-  counts the pruned tokens it stands for. Exact when the frame rotation of the
+* ``exact``: duplicates are materialised: the stand-in's RoPE'd key is rotated along the
+  frame axis by (t_pruned - t_standin), which places it at the pruned token's own position
+  (RoPE rotations compose), and its value is copied. With exactly duplicated tokens this
+  reproduces full attention exactly (Eq. 4).
+* ``compressed``: no duplicates; each stand-in key gets a score bias ``log(1 + m)`` where
+  ``m`` counts the pruned tokens it stands for. Exact when the frame rotation of the
   duplicates does not matter; the key length stays at the kept count.
 
-  The compressed form splits the cache into two regions so the bias costs only where it
-  is needed: tokens that stand in for a pruned token in any chunk ("biased" tokens,
-  known from the plan before sampling) have slots below a split point X (newest lowest),
-  all other kept tokens from X up. A chunk's keys are one contiguous range
-  ``[key_start, key_end)`` whose first ``num_biased`` keys may carry a bias and the rest
-  never do, so attention can run the rest with a plain kernel. A chunk lists its
-  unbiased kept tokens first and its ``num_f`` biased ones last (newest first), so every
-  cache write is a contiguous copy. With ``noise_aware`` a chunk's own tokens are never
-  stand-ins for that chunk (its pruned tokens borrow from earlier chunks), so its biased
-  tokens are also written right after its unbiased ones, inside the plain part
-  (``f_in_plain``), while their own slots below X keep them for later chunks.
-
 Mode ``none`` is naive pruning: kept keys only.
+
+**Where keys live.** Each chunk attends to one contiguous key range ``[key_start, key_end)``
+of the cache whose first ``num_biased`` keys may carry a bias and the rest never do, so the
+rest runs through a plain attention kernel (see ``lipar.attention``). A pass writes its
+keys/values with contiguous copies: its kept tokens in the layout's order, the first
+``own_len`` from ``cache_len``, the last ``num_own_biased`` (tokens that are stand-ins for
+this same chunk, ``m_degree`` only) also from ``own_biased_slot``.
+
+While every chunk sees every earlier frame, tokens never move: the compressed form gives
+the tokens that are ever stand-ins ("biased", known from the plan before sampling) slots
+below a split point X (newest lowest) and all others slots from X up. Three chunks, with
+``b_c`` / ``p_c`` the biased / plain kept tokens of chunk c::
+
+    slot:      ... | b2 | b1 | b0 | X | p0 | p1 | p2 | own tail
+    chunk 0:                      [ p0 + b0 ]                    (own biased written in plain too)
+    chunk 1:                 [ b0 | p0 | p1 + b1 ]
+    chunk 2:            [ b1 | b0 | p0 | p1 | p2 + b2 ]
+
+(``noise_aware``: a chunk's own biased tokens are also written right after its plain ones,
+``own_biased_in_plain``, where the next chunk's plain tokens later go.) ``m_degree`` starts
+a chunk's range at its own biased tokens instead.
+
+Once the window evicts frames, a chunk's visible tokens are no longer one range of fixed
+slots. Then every chunk starts by gathering its visible tokens (``gather_src``, slots of the
+previous arrangement) to ``[gather_dst, ...)``: ``[own biased | biased | plain | own]``, where
+"biased" means a stand-in *for this chunk*; the cache holds only what the window holds.
 """
 
 from __future__ import annotations
@@ -46,6 +64,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lipar.chunks import UNBOUNDED, KVWindow, chunk_spans
 from lipar.config import WanConfig
 from lipar.errors import LiparError
 from lipar.plan import PruningPlan
@@ -70,8 +89,7 @@ class ChunkLayout:
     frame_start: int
     frames: int
     grid: tuple[int, int]                 # (Hp, Wp) tokens per frame
-    cache_len: int                        # slot of this chunk's first unbiased kept token (one region:
-                                          # L_c, the kept tokens of earlier chunks)
+    cache_len: int                        # slot of this chunk's first plain kept token
     num_kept: int                         # Nk
     kept_idx: torch.Tensor | None         # [Nk] flat index into the chunk's F*Hp*Wp grid; None = all
     token_frame: torch.Tensor             # [Nk] local frame of each kept token
@@ -81,9 +99,11 @@ class ChunkLayout:
     key_bias: torch.Tensor | None = None  # [key_len] log-multiplicity per key (compressed form)
     key_start: int = 0                    # first cache slot of the keys this chunk attends to
     num_biased: int = 0                   # keys at the start of that range that may carry a bias
-    num_f: int = 0                        # the last num_f kept tokens are biased ones: slots [f_slot, +num_f)
-    f_slot: int = 0
-    f_in_plain: bool = False              # those are also written after the unbiased ones (in range)
+    num_own_biased: int = 0               # the last ones of the kept tokens are biased: slots
+    own_biased_slot: int = 0              #   [own_biased_slot, + num_own_biased)
+    own_biased_in_plain: bool = False     # those are also written after the plain ones (in range)
+    gather_src: torch.Tensor | None = None  # [Nv] slots the chunk's visible tokens move from (window)
+    gather_dst: int = 0                   # ... to [gather_dst, gather_dst + Nv), before the passes
 
     @property
     def num_dups(self) -> int:
@@ -91,14 +111,14 @@ class ChunkLayout:
 
     @property
     def key_len(self) -> int:
-        """Keys this chunk attends to: ``[key_start, cache_len)``, then its unbiased kept tokens
-        (and with f_in_plain its biased ones) from cache_len, then duplicates (exact form)."""
+        """Keys this chunk attends to: ``[key_start, cache_len)``, then its plain kept tokens
+        (with own_biased_in_plain also its biased ones) from cache_len, then duplicates (exact form)."""
         return self.cache_len - self.key_start + self.own_len + self.num_dups
 
     @property
     def own_len(self) -> int:
         """This chunk's kept tokens written contiguously from cache_len (in kept order)."""
-        return self.num_kept if self.f_in_plain else self.num_kept - self.num_f
+        return self.num_kept if self.own_biased_in_plain else self.num_kept - self.num_own_biased
 
     @property
     def key_end(self) -> int:
@@ -109,90 +129,193 @@ class ChunkLayout:
         return self.frames * self.grid[0] * self.grid[1]
 
 
+@dataclass
+class _Grid:
+    """Flat token facts of one sample: T*HW tokens in (frame, row, col) order."""
+
+    hw: int
+    keep: torch.Tensor            # [T*HW] bool
+    source: torch.Tensor          # [T*HW] latest kept frame <= t
+    anchor: torch.Tensor          # [T*HW] latest kept frame of an earlier chunk, -1 if none
+    pos: torch.Tensor             # [T*HW, 3] positions
+
+    @property
+    def yx(self) -> torch.Tensor:
+        return torch.arange(self.keep.numel(), device=self.keep.device) % self.hw
+
+
 def build_layouts(latent_shape: tuple[int, ...], cfg: WanConfig, chunk_frames: int, *,
                   plan: PruningPlan | None = None, mode: str = "noise_aware", form: str = "exact",
-                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[ChunkLayout]:
+                  window: KVWindow = UNBOUNDED, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> list[ChunkLayout]:
     """Layouts of all chunks of one sample (``plan`` must hold one sample, or be None).
 
-    All index work runs on ``device``; the only host reads are the per-chunk counts,
-    made once here before sampling starts. ``dtype`` is that of the RoPE tables (float32,
-    or float64 for float64 runs).
+    All index work runs on ``device``; the only host reads are the per-chunk counts, made
+    once here before sampling starts. ``dtype`` is that of the RoPE tables (float32, or
+    float64 for float64 runs). ``window``: the KV window (see ``lipar.chunks``); the plan must
+    respect it (``lipar.plan.restrict_to_window``).
     """
     check_recovery(mode, form)
     _, _, t, h, w = latent_shape
     hp, wp = h // 2, w // 2
     hw = hp * wp
     device = torch.device(device)
-    n_chunks = t // chunk_frames
-    pos_all = token_positions(t, hp, wp, device=device)       # [T*HW, 3]
-    layouts: list[ChunkLayout] = []
-    if plan is None:
-        n = chunk_frames * hw
-        local_frame = torch.arange(chunk_frames, device=device).repeat_interleave(hw)
-        for c in range(n_chunks):
-            pos = pos_all[c * n:(c + 1) * n]
-            layouts.append(ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), c * n, n, None,
-                                       local_frame, rope_table(rope_angles(pos, cfg), dtype)))
-        return layouts
+    spans = chunk_spans(t, chunk_frames)
+    if plan is not None:
+        if plan.batch != 1:
+            raise LiparError("build_layouts takes a one-sample plan; use plan.select(i).")
+        plan.check_fits(tuple(latent_shape), chunk_frames)
+        keep = plan.keep[0].to(device).flatten()
+        source, anchor = plan.source_frame[0].to(device).flatten(), plan.anchor_frame[0].to(device).flatten()
+    else:
+        keep = torch.ones(t * hw, dtype=torch.bool, device=device)
+        source = anchor = torch.arange(t * hw, device=device) // hw
+        mode = "none"
+    grid = _Grid(hw, keep, source, anchor, token_positions(t, hp, wp, device=device))
+    if window.evicts(t, chunk_frames):
+        return _windowed_layouts(grid, spans, cfg, (hp, wp), mode, form, window, dtype)
+    return _fixed_layouts(grid, spans, cfg, (hp, wp), mode, form, plan is None, dtype)
 
-    if plan.batch != 1:
-        raise LiparError("build_layouts takes a one-sample plan; use plan.select(i).")
-    plan.check_fits(tuple(latent_shape), chunk_frames)
-    keep = plan.keep[0].to(device).flatten()                   # [T*HW]
-    src = plan.source_frame[0].to(device).flatten()
-    anc = plan.anchor_frame[0].to(device).flatten()
-    yx = torch.arange(t * hw, device=device) % hw
-    frame_of = torch.arange(t * hw, device=device) // hw
-    bounds = [(c * chunk_frames * hw, (c + 1) * chunk_frames * hw) for c in range(n_chunks)]
 
-    # Stand-in of every pruned token visible to each chunk (a flat token index).
-    stands: list[tuple[torch.Tensor, torch.Tensor]] = []
+def _stand_ins(g: _Grid, pruned: torch.Tensor, own_start: int, mode: str) -> torch.Tensor:
+    """Flat token index of each pruned token's stand-in: its source, or for tokens of the
+    chunk being computed (index >= own_start) under ``noise_aware`` its anchor."""
+    frame = g.source[pruned]
+    if mode == "noise_aware":
+        frame = torch.where(pruned >= own_start, g.anchor[pruned], frame)
+    return frame * g.hw + g.yx[pruned]
+
+
+def _layout(g: _Grid, cfg: WanConfig, c: int, span: tuple[int, int], grid: tuple[int, int], kept_idx, dtype,
+            **fields) -> ChunkLayout:
+    """A ChunkLayout for the chunk's kept tokens ``kept_idx`` (local flat indices, None = all)."""
+    f0, n = span
+    g0, g1 = f0 * g.hw, (f0 + n) * g.hw
+    local = torch.arange(g1 - g0, device=g.keep.device) if kept_idx is None else kept_idx
+    rope = rope_table(rope_angles(g.pos[g0:g1][local], cfg), dtype)
+    return ChunkLayout(c, f0, n, grid, num_kept=int(local.numel()), kept_idx=kept_idx,
+                       token_frame=local // g.hw, rope=rope, **fields)
+
+
+def _recovery(lay: ChunkLayout, g: _Grid, cfg: WanConfig, pruned: torch.Tensor, stand_tok: torch.Tensor,
+              slot_of: torch.Tensor, form: str, dtype) -> None:
+    """Fill the layout's duplicates (exact) or key bias (compressed) for the given pruned tokens
+    and their stand-ins, whose slots in the chunk's arrangement are ``slot_of[stand_tok]``."""
+    stand_slot = slot_of[stand_tok]
+    if form == "exact":
+        lay.dup_src = stand_slot
+        lay.dup_rope = rope_table(frame_shift_angles(pruned // g.hw - stand_tok // g.hw, cfg), dtype)
+    elif pruned.numel():   # no pruned token visible (e.g. chunk 0): plain attention
+        m = torch.bincount(stand_slot - lay.key_start, minlength=lay.key_len)
+        lay.key_bias = torch.log1p(m.to(dtype))
+
+
+def _per_chunk(mask: torch.Tensor, bounds: list[tuple[int, int]]) -> list[int]:
+    """Count of True in each [g0, g1) of a flat mask (one host read)."""
+    edges = torch.tensor([0] + [g1 for _, g1 in bounds], device=mask.device)
+    return torch.cat([mask.new_zeros(1, dtype=torch.long), mask.long()]).cumsum(0)[edges].diff().tolist()
+
+
+def _fixed_layouts(g: _Grid, spans, cfg, grid, mode, form, unpruned: bool, dtype) -> list[ChunkLayout]:
+    """Every chunk sees every earlier frame: tokens keep one slot for the whole run."""
+    hw = g.hw
+    if unpruned:
+        return [_layout(g, cfg, c, (f0, n), grid, None, dtype, cache_len=f0 * hw)
+                for c, (f0, n) in enumerate(spans)]
+    bounds = [(f0 * hw, (f0 + n) * hw) for f0, n in spans]
+    stands = []                     # per chunk: every pruned token it sees, and its stand-in
     for g0, g1 in (bounds if mode != "none" else []):
-        pruned = torch.nonzero(~keep[:g1]).squeeze(1)             # all pruned tokens visible to the chunk
-        stand_frame = src[pruned]
-        if mode == "noise_aware":
-            stand_frame = torch.where(pruned >= g0, anc[pruned], stand_frame)
-        stands.append((pruned, stand_frame * hw + yx[pruned]))
-
-    # Cache slots. One region in kept order, or (compressed form) two: biased tokens below X
-    # (newest lowest), the rest from X up.
-    biased = torch.zeros_like(keep)
+        pruned = torch.nonzero(~g.keep[:g1]).squeeze(1)
+        stands.append((pruned, _stand_ins(g, pruned, g0, mode)))
+    # One region in kept order, or (compressed form) two: biased tokens below X (newest lowest),
+    # the rest from X up.
+    biased = torch.zeros_like(g.keep)
     if mode != "none" and form == "compressed":
         for _, tok in stands:
             biased[tok] = True
-        biased &= keep    # stand-ins are kept tokens by the plan's construction
-    unbiased = keep & ~biased
+        biased &= g.keep    # stand-ins are kept tokens by the plan's construction
+    plain = g.keep & ~biased
     x_split = int(biased.sum())                                 # host reads, before sampling
     slot = torch.where(biased, x_split - torch.cumsum(biased.long(), 0),
-                       x_split + torch.cumsum(unbiased.long(), 0) - 1)
-    n_f = biased.view(n_chunks, -1).sum(1).tolist()
-    n_p = unbiased.view(n_chunks, -1).sum(1).tolist()
-    f_before = p_before = 0
+                       x_split + torch.cumsum(plain.long(), 0) - 1)
+    n_biased = _per_chunk(biased, bounds)
+    n_plain = _per_chunk(plain, bounds)
+    layouts = []
+    biased_before = plain_before = 0
+    own_plain = mode == "noise_aware"
     for c, (g0, g1) in enumerate(bounds):
-        # unbiased tokens first, then biased ones newest (lowest slot) first: contiguous writes
-        kept_idx = torch.cat([torch.nonzero(unbiased[g0:g1]).squeeze(1),
-                              torch.nonzero(biased[g0:g1]).squeeze(1).flip(0)])
-        pos = pos_all[g0:g1][kept_idx]
-        f_slot = x_split - f_before - n_f[c]
-        own_plain = mode == "noise_aware"
-        start = x_split - f_before if own_plain else f_slot
-        lay = ChunkLayout(c, c * chunk_frames, chunk_frames, (hp, wp), x_split + p_before, n_f[c] + n_p[c], kept_idx,
-                          kept_idx // hw, rope_table(rope_angles(pos, cfg), dtype), key_start=start,
-                          num_biased=x_split - start, num_f=n_f[c], f_slot=f_slot, f_in_plain=own_plain and n_f[c] > 0)
-        f_before += n_f[c]
-        p_before += n_p[c]
+        # plain tokens first, then biased ones newest (lowest slot) first: contiguous writes
+        kept_idx = torch.cat([torch.nonzero(plain[g0:g1]).squeeze(1), torch.nonzero(biased[g0:g1]).squeeze(1).flip(0)])
+        own_slot = x_split - biased_before - n_biased[c]
+        start = x_split - biased_before if own_plain else own_slot
+        lay = _layout(g, cfg, c, spans[c], grid, kept_idx, dtype, cache_len=x_split + plain_before,
+                      key_start=start, num_biased=x_split - start, num_own_biased=n_biased[c],
+                      own_biased_slot=own_slot, own_biased_in_plain=own_plain and n_biased[c] > 0)
+        biased_before += n_biased[c]
+        plain_before += n_plain[c]
         if mode != "none":
-            pruned, stand_tok = stands[c]
-            stand_pos = slot[stand_tok]
-            delta = frame_of[pruned] - stand_tok // hw
-            if form == "exact":
-                lay.dup_src = stand_pos
-                lay.dup_rope = rope_table(frame_shift_angles(delta, cfg), dtype)
-            elif pruned.numel():   # no pruned token visible (e.g. chunk 0): plain attention
-                m = torch.bincount(stand_pos - lay.key_start, minlength=lay.key_len)
-                lay.key_bias = torch.log1p(m.to(dtype))
+            _recovery(lay, g, cfg, *stands[c], slot, form, dtype)
         layouts.append(lay)
     return layouts
+
+
+def _windowed_layouts(g: _Grid, spans, cfg, grid, mode, form, window: KVWindow, dtype) -> list[ChunkLayout]:
+    """The window evicts frames: each chunk first gathers the tokens it still sees into
+    ``[own biased | biased | plain | own plain]`` (see the module docstring)."""
+    hw, device = g.hw, g.keep.device
+    slot_of = torch.full_like(g.source, -1)          # each kept token's slot in the current arrangement
+    layouts = []
+    for c, (f0, n) in enumerate(spans):
+        g0, g1 = f0 * hw, (f0 + n) * hw
+        ranges = [(a * hw, b * hw) for a, b in window.visible(f0, n)]
+        seen = torch.zeros_like(g.keep)
+        for a, b in ranges:
+            seen[a:b] = True
+        visible = torch.nonzero(seen & g.keep).squeeze(1)                        # [Nv] kept, earlier frames
+        own = torch.nonzero(g.keep[g0:g1]).squeeze(1)                           # local indices
+        if mode != "none":
+            pruned = torch.nonzero(~g.keep[:g1] & (seen[:g1] | (torch.arange(g1, device=device) >= g0))).squeeze(1)
+            stand_tok = _stand_ins(g, pruned, g0, mode)
+            ok = seen[stand_tok] | (stand_tok >= g0)                            # the stand-in is still here
+            pruned, stand_tok = pruned[ok], stand_tok[ok]
+        counts = torch.bincount(stand_tok, minlength=g.keep.numel()) if mode != "none" else None
+        if form == "compressed" and counts is not None:
+            is_biased = counts > 0
+            vis_order = torch.cat([visible[is_biased[visible]], visible[~is_biased[visible]]])
+            own_biased = is_biased[g0 + own]
+            kept_idx = torch.cat([own[~own_biased], own[own_biased]])
+            n_own_biased = int(own_biased.sum())
+            n_vis_biased = int(is_biased[visible].sum())
+        else:
+            vis_order, kept_idx, n_own_biased, n_vis_biased = visible, own, 0, 0
+        dst = n_own_biased
+        src = slot_of[vis_order]
+        assert bool((src >= 0).all()), "a visible token was not in the cache"   # windows only move forward
+        identity = bool(torch.equal(src, torch.arange(dst, dst + src.numel(), device=device)))
+        lay = _layout(g, cfg, c, (f0, n), grid, kept_idx if mode != "none" or kept_idx.numel() < n * hw else None,
+                      dtype, cache_len=dst + vis_order.numel(), key_start=0, num_biased=n_own_biased + n_vis_biased,
+                      num_own_biased=n_own_biased, own_biased_slot=0,
+                      gather_src=None if identity else src, gather_dst=dst)
+        slot_of[vis_order] = torch.arange(dst, dst + vis_order.numel(), device=device)
+        own_tok = g0 + kept_idx
+        slot_of[own_tok[:lay.own_len]] = torch.arange(lay.cache_len, lay.cache_len + lay.own_len, device=device)
+        if n_own_biased:
+            slot_of[own_tok[lay.own_len:]] = torch.arange(n_own_biased, device=device)
+        if mode != "none":
+            _recovery(lay, g, cfg, pruned, stand_tok, slot_of, form, dtype)
+        layouts.append(lay)
+    return layouts
+
+
+def move_visible(kb: torch.Tensor, vb: torch.Tensor, lay: ChunkLayout) -> None:
+    """Before a chunk's passes, when its KV window has moved (``lay.gather_src``): gather the
+    tokens it still sees from their slots to ``[gather_dst, ...)`` in one layer's cache
+    kb, vb [B, capacity, H, W]. The temporary is that layer's visible keys (or values)."""
+    if lay.gather_src is None:
+        return
+    dst = slice(lay.gather_dst, lay.gather_dst + lay.gather_src.numel())
+    for buf in (kb, vb):
+        buf[:, dst] = buf.index_select(1, lay.gather_src)
 
 
 def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -205,7 +328,7 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
             written by ``CausalWan.begin_chunk``; only channels < D here).
     k, v:   [B, Nk, H, D] this chunk's RoPE'd keys and values, in the layout's kept order:
             the first ``own_len`` go to ``[cache_len, cache_len + own_len)``, the last
-            ``num_f`` (biased tokens) also to their own slots ``[f_slot, f_slot + num_f)``.
+            ``num_own_biased`` also to ``[own_biased_slot, own_biased_slot + num_own_biased)``.
     scratch: optional [B, >= key_len, H, D] buffers shared by all layers; with it,
             duplicates (exact form, one cache region) are assembled there with a copy of
             the cached keys, so the cache itself holds kept tokens only. Without it they go
@@ -213,13 +336,13 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
     Returns views ``[B, key_len, H, W]`` of the keys/values the chunk attends to.
     """
     d = k.shape[-1]
-    nf = lay.num_f
+    nf = lay.num_own_biased
     c0, c1 = lay.cache_len, lay.cache_len + lay.own_len
     kb[:, c0:c1, :, :d] = k[:, :lay.own_len]
     vb[:, c0:c1] = v[:, :lay.own_len]
     if nf:    # biased tokens' own slots, read by later chunks
-        kb[:, lay.f_slot:lay.f_slot + nf, :, :d] = k[:, -nf:]
-        vb[:, lay.f_slot:lay.f_slot + nf] = v[:, -nf:]
+        kb[:, lay.own_biased_slot:lay.own_biased_slot + nf, :, :d] = k[:, -nf:]
+        vb[:, lay.own_biased_slot:lay.own_biased_slot + nf] = v[:, -nf:]
     if lay.num_dups:
         dk = apply_rope(kb[:, lay.dup_src, :, :d], lay.dup_rope)
         dv = vb[:, lay.dup_src]

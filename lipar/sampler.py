@@ -1,6 +1,7 @@
 """Self-Forcing chunk-wise sampling, with or without a LIPAR pruning plan.
 
-Per chunk of ``chunk_frames`` latent frames: start from noise (generation) or from the
+Per chunk of ``chunk_frames`` latent frames (the last one may be shorter, see
+``lipar.chunks``): start from noise (generation) or from the
 source latent noised to the first step (SDEdit editing); for each step predict the
 flow, take ``x0 = x_t - s v`` and re-noise to the next step with fresh noise; then run
 one clean pass at timestep 0 over ``x0`` whose keys/values become the chunk's KV cache
@@ -8,7 +9,8 @@ one clean pass at timestep 0 over ``x0`` whose keys/values become the chunk's KV
 
 Without a plan every token is computed: this is the unpruned baseline. With a plan only
 kept tokens are computed; the returned latent holds zeros at pruned positions until
-``lipar.restore.restore_latent`` fills them.
+``lipar.restore.restore_latent`` fills them. The KV cache rolls with ``window_frames`` /
+``sink_frames`` (Self-Forcing's ``local_attn_size`` / ``sink_size``) once a video outgrows it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import torch
 from torch import nn
 
 from lipar.causal import CausalWan
+from lipar.chunks import KVWindow, chunk_spans
 from lipar.errors import LiparError
-from lipar.plan import PruningPlan
+from lipar.plan import PruningPlan, restrict_to_window
 from lipar.recovery import build_layouts, check_recovery
 from lipar.schedule import EDITING_STEPS, GENERATION_STEPS, check_shift, parse_steps, sigmas
 from lipar.validate import check_latent
@@ -44,6 +47,12 @@ class SamplerConfig:
     dtype: torch.dtype | None = None       # compute dtype; None: bfloat16 on CUDA, float32 elsewhere
     cache_last_chunk: bool = False         # run the (unused) cache-update pass after the last chunk too
     cuda_graphs: bool | None = None        # replay passes as CUDA graphs; None: on for CUDA devices
+    window_frames: int = 21                # KV cache / attention window in latent frames (0: no limit)
+    sink_frames: int = 3                   # first frames kept for the whole video once the window rolls
+
+    @property
+    def window(self) -> KVWindow:
+        return KVWindow(self.window_frames, self.sink_frames)
 
     def resolved_steps(self) -> tuple[int, ...]:
         if self.steps is None:
@@ -58,6 +67,7 @@ class SamplerConfig:
         if not (1 <= self.chunk_frames <= 64):
             raise LiparError(f"chunk_frames must be within [1, 64]; got {self.chunk_frames}. Self-Forcing uses 3.")
         check_recovery(self.recovery, self.recovery_form)
+        self.window.validate(self.chunk_frames)
         return self
 
 
@@ -101,31 +111,54 @@ def _check_context(context: torch.Tensor, batch: int) -> torch.Tensor:
     return context
 
 
+def _graphs_decision(asked: bool | None, module: nn.Module, device: torch.device) -> tuple[bool, str]:
+    """Whether passes replay CUDA graphs, and why (for the run's report). ``asked`` None: on
+    CUDA unless the model computes weights on the fly from patches (see ``has_weight_hooks``)."""
+    if asked is False:
+        return False, "eager (CUDA graphs turned off)"
+    if device.type != "cuda":
+        if asked:
+            raise LiparError("cuda_graphs=True needs a CUDA device.")
+        return False, f"eager (CUDA graphs need a CUDA device; this run is on {device.type})"
+    from lipar.graphs import has_weight_hooks
+
+    if has_weight_hooks(module):
+        if asked:
+            raise LiparError("CUDA graphs cannot follow weights that are patched on the fly (a LoRA on a partly "
+                             "loaded model); run with cuda_graphs=None or False.")
+        return False, "eager (weights are patched on the fly, e.g. a LoRA on a partly loaded model)"
+    return True, "CUDA graphs"
+
+
 def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
            plan: PruningPlan | None = None, config: SamplerConfig | None = None,
            device: torch.device | str | None = None,
-           on_pass: Callable[[PassInfo], None] | None = None) -> SampleResult:
+           on_pass: Callable[[PassInfo], None] | None = None,
+           on_chunk: Callable[[int, int, torch.Tensor], None] | None = None) -> SampleResult:
     """Run Self-Forcing sampling over a whole video latent.
 
-    module:  a Wan2.1 DiT module tree (lipar ``WanDiT`` or ComfyUI ``WanModel``) on ``device``.
-    context: [1 or B, L <= 512, 4096] text embedding.
-    latent:  [B, 16, T, H, W] source latent (edit) or a latent of the output's shape (generate).
-    plan:    optional pruning plan for this latent (see ``lipar.plan.build_plan``).
-    on_pass: called before every transformer pass; raising from it cancels cleanly.
+    module:   a Wan2.1 DiT module tree (lipar ``WanDiT`` or ComfyUI ``WanModel``) on ``device``.
+    context:  [1 or B, L <= 512, 4096] text embedding.
+    latent:   [B, 16, T, H, W] source latent (edit) or a latent of the output's shape (generate);
+              any T (the last chunk may be short).
+    plan:     optional pruning plan made for this latent (see ``lipar.plan.build_plan``).
+    on_pass:  called before every transformer pass; raising from it cancels cleanly.
+    on_chunk: called as ``on_chunk(sample, chunk, x0)`` with each finished chunk's denoised latent
+              x0 [1, 16, F, H, W] on the device (e.g. for previews; do not keep a reference).
     """
     config = (config or SamplerConfig()).validate()
-    check_latent(latent, chunk_frames=config.chunk_frames, what="latent")
+    check_latent(latent, what="latent")
     b, c, t, h, w = latent.shape
     context = _check_context(context, b)
     if device is None:
         device = next(module.parameters()).device
     device = torch.device(device)
     dtype = config.dtype or default_dtype(device)
+    window_kept = 0
     if plan is not None:
-        plan.check_fits(tuple(latent.shape), config.chunk_frames)
-    use_graphs = config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda"
-    if use_graphs and device.type != "cuda":
-        raise LiparError("cuda_graphs=True needs a CUDA device.")
+        plan.check_latent(latent, config.chunk_frames)
+        plan, window_kept = restrict_to_window(plan, config.window)
+    use_graphs, graphs_note = _graphs_decision(config.cuda_graphs, module, device)
     if use_graphs:
         from lipar.graphs import GraphedCausalWan
         runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend,
@@ -137,10 +170,9 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
 
     steps = config.resolved_steps()
     sig = sigmas(steps, config.shift)
-    cf = config.chunk_frames
-    n_chunks = t // cf
-    cache_passes = n_chunks if config.cache_last_chunk else n_chunks - 1
-    total = b * (n_chunks * len(steps) + cache_passes)
+    spans = chunk_spans(t, config.chunk_frames)
+    cache_passes = len(spans) if config.cache_last_chunk else len(spans) - 1
+    total = b * (len(spans) * len(steps) + cache_passes)
     # All noise up front from a seeded CPU generator: the same seed gives the same video on any device.
     gen = torch.Generator().manual_seed(int(config.seed))
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -149,30 +181,88 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     out = torch.zeros_like(src)
 
     progress = _Progress(on_pass, total)
+    clock = _ChunkClock(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
+    finite = []
     try:
         for bi in range(b):
             ctx = context[bi:bi + 1] if context.shape[0] == b else context
             sample_plan = plan.select(bi) if plan is not None else None
-            out[bi:bi + 1] = _sample_one(runner, ctx, src[bi:bi + 1], noise[:, bi:bi + 1], sample_plan, config,
-                                         sig, cache_passes, progress.at_sample(bi))
+            chunk_done = None if on_chunk is None else (lambda ci, x0, bi=bi: on_chunk(bi, ci, x0))
+            out[bi:bi + 1], ok = _sample_one(runner, ctx, src[bi:bi + 1], noise[:, bi:bi + 1], sample_plan, config,
+                                             sig, cache_passes, progress.at_sample(bi), clock, chunk_done)
+            finite.append(ok)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     finally:
+        kv_cache_bytes = runner.cache_bytes()
         runner.release()
     seconds = time.perf_counter() - start
+    _check_finite(torch.stack(finite), spans, dtype)
     if plan is not None:
         out = torch.where(plan.pixel_mask().to(device), out, torch.zeros_like(out))
-    tokens_full = total * cf * (h // 2) * (w // 2)
-    info = {"steps": list(steps), "sigmas": sig, "chunks": n_chunks, "dtype": str(dtype).replace("torch.", ""),
-            "backend": runner.backend, "recovery": config.recovery if plan is not None else "unpruned",
-            "recovery_form": config.recovery_form, "cuda_graphs": use_graphs,
-            "capture_seconds": round(getattr(runner, "capture_seconds", 0.0), 4)}
+    hw = (h // 2) * (w // 2)
+    tokens_full = b * sum(n * hw * (len(steps) + (i < cache_passes)) for i, (_, n) in enumerate(spans))
+    info = {"steps": list(steps), "sigmas": sig, "chunks": len(spans), "dtype": str(dtype).replace("torch.", ""),
+            "backend": runner.backend, "bias_mode": runner.bias_mode,
+            "recovery": config.recovery if plan is not None else "unpruned",
+            "recovery_form": config.recovery_form, "cuda_graphs": use_graphs, "path": graphs_note,
+            "kernels": "triton" if _triton_available() and device.type == "cuda" else "pytorch",
+            "capture_seconds": round(getattr(runner, "capture_seconds", 0.0), 4),
+            "window_frames": config.window_frames, "sink_frames": config.sink_frames,
+            "window_rolls": config.window.evicts(t, config.chunk_frames), "window_kept_tokens": window_kept,
+            "kv_cache_bytes": kv_cache_bytes, "chunk_seconds": clock.seconds()}
     if plan is not None:
         info.update(plan.stats())
     return SampleResult(out.to(latent.dtype), seconds, total, progress.tokens, tokens_full, info)
+
+
+def _triton_available() -> bool:
+    from lipar.kernels import triton_available
+
+    return triton_available()
+
+
+class _ChunkClock:
+    """Per-chunk wall time without a host sync per chunk: CUDA events read once at the end
+    (perf_counter on the CPU). Chunks of all samples are listed in order."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.marks.append(e)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        pairs = zip(self.marks[0::2], self.marks[1::2])
+        if self.cuda:
+            return [round(a.elapsed_time(b) / 1000.0, 5) for a, b in pairs]
+        return [round(b - a, 5) for a, b in pairs]
+
+
+def _check_finite(finite: torch.Tensor, spans: list[tuple[int, int]], dtype: torch.dtype) -> None:
+    """One host read of the per-chunk flags [B, chunks] the run kept on the device: raise naming
+    the first chunk whose output is not finite (later chunks inherit it through the cache)."""
+    bad = (~finite).nonzero().tolist()
+    if not bad:
+        return
+    bi, c = bad[0]
+    f0, f1 = spans[c][0], spans[c][0] + spans[c][1] - 1
+    cause = ("float16 overflows in Wan's activations: set the weight dtype or compute dtype to bf16 (or fp32)"
+             if dtype == torch.float16 else
+             "check that the model file loads without NaN/Inf weights (a broken or truncated checkpoint), and "
+             "that the text conditioning and the latent come from the Wan2.1 text encoder and VAE")
+    raise LiparError(f"The model produced NaN or Inf values in chunk {c} (latent frames {f0}-{f1}) of sample {bi}, "
+                     f"computed in {str(dtype).replace('torch.', '')}; everything after it would be garbage. "
+                     f"Likely fix: {cause}.")
 
 
 class _Progress:
@@ -198,12 +288,13 @@ class _Progress:
 
 def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noise: torch.Tensor,
                 plan: PruningPlan | None, config: SamplerConfig, sig: list[float], cache_passes: int,
-                progress: _Progress) -> torch.Tensor:
-    """Sample one video. src [1, C, T, H, W]; noise [steps, 1, C, T, H, W] -> x0 [1, C, T, H, W]."""
+                progress: _Progress, clock: _ChunkClock,
+                on_chunk: Callable[[int, torch.Tensor], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one video. src [1, C, T, H, W]; noise [steps, 1, C, T, H, W] -> (x0 [1, C, T, H, W],
+    finite [chunks] bool on the device: whether each chunk's output is all finite)."""
     device = src.device
-    cf = config.chunk_frames
-    layouts = build_layouts(tuple(src.shape), runner.cfg, cf, plan=plan, mode=config.recovery,
-                            form=config.recovery_form, device=device, dtype=src.dtype)
+    layouts = build_layouts(tuple(src.shape), runner.cfg, config.chunk_frames, plan=plan, mode=config.recovery,
+                            form=config.recovery_form, window=config.window, device=device, dtype=src.dtype)
     runner.plan_buckets(layouts)
     # The cache holds kept tokens only; materialised duplicates (exact form) are assembled
     # per layer in one scratch buffer.
@@ -213,7 +304,9 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
     runner.encode_text(context)
     out = torch.zeros_like(src)
     n_steps, n_chunks = len(sig), len(layouts)
+    finite = torch.ones(n_chunks, dtype=torch.bool, device=device)
     for lay in layouts:
+        clock.mark()
         runner.begin_chunk(lay)
         sl = slice(lay.frame_start, lay.frame_start + lay.frames)
         x = noise[0, :, :, sl]
@@ -228,8 +321,12 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
                 x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * noise[i + 1, :, :, sl]
             progress.after(lay.num_kept)
         out[:, :, sl] = x0
+        finite[lay.index] = torch.isfinite(x0).all()      # stays on the device: no sync per chunk
+        if on_chunk is not None:
+            on_chunk(lay.index, x0)
         if lay.index < cache_passes:  # clean pass at t=0: its keys/values become this chunk's cache
             progress.before(lay.index, n_chunks, n_steps, n_steps)
             runner.forward_chunk(x0, torch.zeros((1, 1), device=device), lay)
             progress.after(lay.num_kept)
-    return out
+        clock.mark()
+    return out, finite

@@ -7,13 +7,12 @@ import torch
 from lipar.errors import LiparError
 
 
-def check_latent(latent: object, *, chunk_frames: int | None = None, channels: int = 16,
-                 what: str = "latent") -> torch.Tensor:
+def check_latent(latent: object, *, channels: int = 16, what: str = "latent") -> torch.Tensor:
     """Check a Wan video latent ``[B, C=16, T, H, W]`` and return it.
 
     Raises LiparError naming the problem and the fix for: non-tensors, wrong rank, wrong
-    channel count, empty dims, odd H/W (Wan patchifies 2x2), T not a multiple of the
-    chunk size, and NaN/Inf values.
+    channel count, empty dims, odd H/W (Wan patchifies 2x2) and NaN/Inf values. Any frame
+    count works: the last causal chunk may be shorter (``lipar.chunks.chunk_spans``).
     """
     if not isinstance(latent, torch.Tensor):
         raise LiparError(f"The {what} must be a tensor; got {type(latent).__name__}.")
@@ -30,11 +29,6 @@ def check_latent(latent: object, *, chunk_frames: int | None = None, channels: i
     if h % 2 or w % 2:
         raise LiparError(f"The {what} has odd spatial size {h}x{w}; Wan patchifies 2x2 latent pixels, so the video's "
                          "width and height must be multiples of 16.")
-    if chunk_frames is not None and t % chunk_frames:
-        good = [n for n in range(t - t % chunk_frames, t + chunk_frames + 1) if n > 0 and n % chunk_frames == 0]
-        frames = ", ".join(str(4 * (n - 1) + 1) for n in good)
-        raise LiparError(f"The {what} has {t} latent frames, not a multiple of the chunk size {chunk_frames}. "
-                         f"Use a video of {frames} frames (4*(T-1)+1 frames for T latent frames), or change chunk frames.")
     if latent.is_floating_point() is False:
         raise LiparError(f"The {what} must be floating point; got {latent.dtype}.")
     if not bool(torch.isfinite(latent).all()):

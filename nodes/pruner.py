@@ -98,7 +98,7 @@ class LatentInterFramePruner:
                                   smooth=int(smooth), open_pruned=int(open_pruned), dilate_kept=int(dilate_kept))
         with user_errors(), torch.no_grad():
             config.validate()
-            lipar.validate.check_latent(samples, chunk_frames=config.chunk_frames, what="latent to prune")
+            lipar.validate.check_latent(samples, what="latent to prune")
             normalized = lipar.latents.normalize_wan21(samples.float())
             plan = lipar.build_plan(normalized, config)
             preview = lipar.preview.mask_preview(plan, images)

@@ -99,7 +99,7 @@ class SelfForcingSampler:
                 chunk_frames=int(chunk_frames), seed=int(seed), recovery=options["recovery"],
                 recovery_form=options["recovery_form"], backend=options["attention_backend"],
                 dtype=compute_dtype(model, module)).validate()
-            lipar.validate.check_latent(samples, chunk_frames=config.chunk_frames, what="latent")
+            lipar.validate.check_latent(samples, what="latent")
             if plan is not None:
                 plan.check_fits(tuple(samples.shape), config.chunk_frames)
             cfg = lipar.causal.check_wan_module(module)

@@ -42,10 +42,32 @@ def rope_complex(x, frames, rows, cols, head_dim, theta=10000.0):
     return torch.view_as_real(xc * grid).reshape(b, n, h, d)
 
 
-def dense_forward(model, latent, t_frames, context, chunk_frames, text_len=512):
+def window_visibility(t, chunk_frames, window=None, sink=0):
+    """Frame-level attention mask [T, T] bool (query frame, key frame) of Self-Forcing's
+    chunk-wise cache: a chunk sees itself and earlier chunks; with a rolling cache of
+    ``window`` frames (``local_attn_size``) whose first ``sink`` frames stay (``sink_size``),
+    a chunk that does not fit next to everything before it sees the sink frames and the
+    ``window - sink - n`` latest frames before it (n: its own frames), as the official
+    cache eviction leaves them."""
+    vis = torch.zeros(t, t, dtype=torch.bool)
+    for f0 in range(0, t, chunk_frames):
+        n = min(chunk_frames, t - f0)
+        rows = slice(f0, f0 + n)
+        vis[rows, f0:f0 + n] = True
+        if window is None or f0 + n <= window:
+            vis[rows, :f0] = True
+        else:
+            keep_recent = window - sink - n
+            vis[rows, :min(sink, f0)] = True
+            vis[rows, max(0, f0 - keep_recent):f0] = True
+    return vis
+
+
+def dense_forward(model, latent, t_frames, context, chunk_frames, text_len=512, frame_vis=None):
     """Block-causal full-sequence forward.
 
     latent [B, 16, T, H, W] float64, t_frames [B, T] model timesteps, context [B, L, 4096].
+    frame_vis: optional [T, T] bool frame-level mask (default: block-causal chunks).
     Returns flow [B, 16, T, H, W].
     """
     cfg = model.config
@@ -69,8 +91,9 @@ def dense_forward(model, latent, t_frames, context, chunk_frames, text_len=512):
     ctx[:, :context.shape[1]] = context
     tx = model.text_embedding
     ctx = _lin(F.gelu(_lin(ctx, tx[0]), approximate="tanh"), tx[2])
-    chunk_of = tok_frame // chunk_frames
-    mask = torch.where(chunk_of[None, :] <= chunk_of[:, None], 0.0, float("-inf")).double()
+    if frame_vis is None:
+        frame_vis = window_visibility(t, chunk_frames)
+    mask = torch.where(frame_vis[tok_frame][:, tok_frame], 0.0, float("-inf")).double()
     for blk in model.blocks:
         mod = (blk.modulation[None] + e0_tok)                                   # [B, N, 6, dim]
         y = _ln(x) * (1 + mod[:, :, 1]) + mod[:, :, 0]
@@ -102,27 +125,31 @@ def warp(step, shift=5.0):
     return shift * u / (1 + (shift - 1) * u)
 
 
-def reference_sample(model, context, latent, steps, seed, chunk_frames=3, shift=5.0, edit=True):
+def reference_sample(model, context, latent, steps, seed, chunk_frames=3, shift=5.0, edit=True,
+                     window=None, sink=0):
     """Self-Forcing sampling where every pass recomputes the whole prefix densely.
 
     Earlier chunks enter as their clean outputs at timestep 0 (what the KV cache holds);
     the current chunk enters noisy at its timestep. Noise: one seeded CPU draw of shape
-    [len(steps), B, C, T, H, W], step i of every chunk using slice i.
+    [len(steps), B, C, T, H, W], step i of every chunk using slice i. The last chunk may be
+    shorter; ``window``/``sink``: a rolling cache (``window_visibility``), where every frame's
+    hidden states are those its own chunk computed with its own window.
     """
     b, c, t, h, w = latent.shape
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((len(steps), b, c, t, h, w), generator=g).double()
     sig = [warp(s, shift) for s in steps]
     out = torch.zeros_like(latent)
+    vis = window_visibility(t, chunk_frames, window, sink)
     for f0 in range(0, t, chunk_frames):
-        f1 = f0 + chunk_frames
+        f1 = min(t, f0 + chunk_frames)
         x = noise[0, :, :, f0:f1]
         if edit:
             x = (1 - sig[0]) * latent[:, :, f0:f1] + sig[0] * x
         for i, s in enumerate(sig):
             seq = torch.cat([out[:, :, :f0], x], dim=2)
-            tf = torch.cat([torch.zeros(b, f0), torch.full((b, chunk_frames), s * 1000.0)], 1).double()
-            v = dense_forward(model, seq, tf, context, chunk_frames)[:, :, f0:f1]
+            tf = torch.cat([torch.zeros(b, f0), torch.full((b, f1 - f0), s * 1000.0)], 1).double()
+            v = dense_forward(model, seq, tf, context, chunk_frames, frame_vis=vis[:f1, :f1])[:, :, f0:f1]
             x0 = x - s * v
             if i + 1 < len(sig):
                 x = (1 - sig[i + 1]) * x0 + sig[i + 1] * noise[i + 1, :, :, f0:f1]

@@ -203,3 +203,40 @@ def test_split_attention_with_no_queries_and_an_all_pruned_clip():
                          config=lipar.SamplerConfig(seed=2, bias_mode=m, recovery_form="compressed")).latent
             for m in ("split", "mask")]
     assert torch.isfinite(outs[0]).all() and _rel(outs[0], outs[1]) < 1e-2
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_graph_runs_follow_weights_swapped_as_comfyui_does(pruned):
+    """ComfyUI's ModelPatcher applies a LoRA by putting new Parameters into the module
+    (``comfy.utils.set_attr_param``) and undoes it the same way. A graph run after the swap
+    must compute with the new weights (it once replayed graphs holding the old addresses and
+    returned the first run's video bit for bit), and after the swap back with the old ones."""
+    clip = make_clip(ClipSpec(latent_frames=6, height=32, width=48, objects=2, object_size=0.3)).cuda()
+    ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(1)).cuda()
+    model = lipar.build_model(lipar.TINY, seed=4, dtype=torch.bfloat16, device="cuda")
+    plan = lipar.build_plan(clip) if pruned else None
+
+    def run(graphs):
+        return lipar.sample(model, ctx, clip, plan=plan, config=lipar.SamplerConfig(seed=2, cuda_graphs=graphs)).latent
+
+    first = run(True)
+    blk = model.blocks[1]
+    names = ("self_attn.q.weight", "self_attn.k.weight", "self_attn.v.weight", "self_attn.o.weight",
+             "ffn.0.weight", "ffn.2.weight")
+    backup = {}
+    g = torch.Generator(device="cuda").manual_seed(7)
+    for name in names:
+        mod, leaf = blk.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
+        w = getattr(mod, leaf)
+        backup[name] = w
+        delta = 0.5 * w.std() * torch.randn(w.shape, device="cuda", generator=g, dtype=w.dtype)
+        setattr(mod, leaf, torch.nn.Parameter(w.data + delta, requires_grad=False))
+    swapped_graph, swapped_eager = run(True), run(False)
+    change = _rel(swapped_eager, first)
+    assert change > 0.05, change
+    assert _rel(swapped_graph, swapped_eager) < 0.05 * change, (_rel(swapped_graph, swapped_eager), change)
+    for name, w in backup.items():
+        mod, leaf = blk.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
+        setattr(mod, leaf, w)
+    back = run(True)
+    assert _rel(back, first) < 0.05 * change

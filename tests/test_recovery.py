@@ -164,12 +164,12 @@ def test_compressed_layouts_split_the_cache_into_biased_and_plain_regions(seed, 
     home: dict[int, int] = {}            # token -> its permanent slot
     for lay in lays:
         toks = (lay.frame_start * hw + lay.kept_idx).tolist()
-        nf = lay.num_f
+        nf = lay.num_own_biased
         for j, tok in enumerate(toks[:lay.own_len]):
             slots[lay.cache_len + j] = tok
         for j, tok in enumerate(toks[len(toks) - nf:]):
-            slots[lay.f_slot + j] = tok
-            home[tok] = lay.f_slot + j
+            slots[lay.own_biased_slot + j] = tok
+            home[tok] = lay.own_biased_slot + j
         for j, tok in enumerate(toks[:len(toks) - nf]):
             home[tok] = lay.cache_len + j
         in_range = [slots[s] for s in range(lay.key_start, lay.key_end)]
@@ -181,7 +181,7 @@ def test_compressed_layouts_split_the_cache_into_biased_and_plain_regions(seed, 
         if mode == "noise_aware":   # the chunk's own tokens are never biased for itself
             assert not set(in_range[:lay.num_biased]) & set(toks)
     assert sorted(home.values()) == list(range(total))
-    assert max(l.key_end for l in lays) <= total + max(l.num_f for l in lays)
+    assert max(l.key_end for l in lays) <= total + max(l.num_own_biased for l in lays)
     assert 0 < lays[-1].num_biased < total   # both regions in use here
 
 

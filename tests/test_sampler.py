@@ -103,8 +103,14 @@ def test_bad_config(model, clip, kw, msg):
 
 
 def test_bad_inputs(model, clip):
-    with pytest.raises(lipar.LiparError, match="multiple of the chunk size"):
-        lipar.sample(model, CTX, clip[:, :, :8])
+    with pytest.raises(lipar.LiparError, match="made for another latent"):
+        lipar.sample(model, CTX, clip, plan=build_plan(clip.flip(-1)))
+    edited = build_plan(clip)
+    edited.anchor_frame[0, 4, 0, 0] = -1
+    with pytest.raises(lipar.LiparError, match="Invalid plan"):
+        lipar.sample(model, CTX, clip, plan=edited)
+    with pytest.raises(lipar.LiparError, match="window"):
+        lipar.sample(model, CTX, clip, config=lipar.SamplerConfig(window_frames=4, sink_frames=3))
     with pytest.raises(lipar.LiparError, match="4096"):
         lipar.sample(model, torch.randn(1, 6, 768), clip)
     bad = CTX.clone()
