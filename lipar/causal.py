@@ -33,20 +33,27 @@ WAN_PARAMETERS = ("patch_embedding.weight", "text_embedding.0.weight", "time_emb
                   "blocks.0.ffn.0.weight", "blocks.0.modulation", "head.head.weight", "head.modulation")
 
 
+class NotWanError(LiparError):
+    """A module that is not a Wan2.1 text-to-video DiT; ``reason`` says what it lacks."""
+
+    def __init__(self, module: object, reason: str):
+        self.reason = reason
+        super().__init__(f"The connected model ({type(module).__name__}) is not a Wan2.1 text-to-video DiT: {reason} "
+                         "Load a Self-Forcing or Wan2.1-T2V-1.3B diffusion model.")
+
+
 def check_wan_module(module: object) -> WanConfig:
-    """Return the config of a Wan2.1 DiT module tree, or raise naming what was passed."""
+    """Return the config of a Wan2.1 DiT module tree, or raise ``NotWanError`` naming what was passed."""
     if not isinstance(module, nn.Module):
-        raise LiparError(f"Expected a Wan2.1 diffusion model, got {type(module).__name__}.")
+        raise NotWanError(module, "it is not a torch module.")
     params = dict(module.named_parameters())
     missing = [p for p in WAN_PARAMETERS if p not in params]
     if missing:
-        raise LiparError(
-            f"The connected model ({type(module).__name__}) is not a Wan2.1 text-to-video DiT: it lacks "
-            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}. Load a Self-Forcing or "
-            "Wan2.1-T2V-1.3B diffusion model.")
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise NotWanError(module, f"it lacks Wan's {', '.join(missing[:3])}{more}.")
     if "img_emb.proj.0.weight" in params or params["patch_embedding.weight"].shape[1] != 16:
-        raise LiparError(f"The connected model ({type(module).__name__}) is a Wan image-to-video or "
-                         "control variant; LIPAR's causal sampler needs a text-to-video model (Self-Forcing).")
+        raise NotWanError(module, "it is a Wan image-to-video or control variant; LIPAR's causal sampler needs a "
+                                  "text-to-video model (Self-Forcing).")
     cfg = infer_config(params)
     text_len = getattr(module, "text_len", None) or getattr(getattr(module, "config", None), "text_len", None)
     if text_len:

@@ -54,6 +54,32 @@ def mask_preview(plan: PruningPlan, frames: torch.Tensor | None = None, *, sampl
     return (m * f + (1 - m) * ((1 - strength) * f + strength * tint)).clamp(0, 1)
 
 
+def fit_frames(frames: torch.Tensor, latent_frames: int, latent_h: int, latent_w: int,
+               spatial: int = 8) -> tuple[torch.Tensor | None, str]:
+    """Source frames ``[N, H, W, 3]`` brought to the size a latent of ``latent_h x latent_w``
+    decodes to, as a VAE encoder saw them: each side centre-cropped to a multiple of
+    ``spatial`` (what ComfyUI's VAE Encode does, e.g. 854x480 -> 848x480); if that does not
+    give the latent's size, resized to it. Returns (frames or None, what was done): None when
+    the frame count fits neither 4*(T-1)+1 nor T (the preview then shows the masks alone)."""
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] < 3:
+        return None, f"the images input is not an IMAGE batch [N, H, W, 3] ({getattr(frames, 'shape', type(frames))})"
+    n, h, w = frames.shape[:3]
+    want_n = 4 * (latent_frames - 1) + 1
+    if n not in (want_n, latent_frames):
+        return None, (f"the images input has {n} frames but the latent stands for {want_n}; showing the masks alone "
+                      "(connect the frames that were VAE-encoded)")
+    frames = frames[..., :3]
+    th, tw = latent_h * spatial, latent_w * spatial
+    ch, cw = h // spatial * spatial, w // spatial * spatial
+    frames = frames[:, (h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+    if (ch, cw) == (th, tw):
+        note = "" if (ch, cw) == (h, w) else f"cropped the images from {w}x{h} to {cw}x{ch} as VAE Encode does"
+        return frames, note
+    resized = torch.nn.functional.interpolate(frames.float().permute(0, 3, 1, 2), size=(th, tw), mode="bilinear",
+                                              align_corners=False, antialias=True).permute(0, 2, 3, 1)
+    return resized.clamp(0, 1), f"resized the images from {w}x{h} to the latent's {tw}x{th}"
+
+
 def save_animation(images: torch.Tensor, path: str, fps: float = 8.0) -> str:
     """Write ``[N, H, W, 3]`` images as an animated WEBP (needs Pillow)."""
     from PIL import Image

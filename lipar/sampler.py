@@ -92,6 +92,7 @@ class SampleResult:
     tokens_computed: int                  # sum over passes of query tokens through the transformer
     tokens_full: int                      # the same for an unpruned run
     info: dict[str, Any] = field(default_factory=dict)
+    plan: PruningPlan | None = None       # the plan the run used (restricted to its KV window)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -216,7 +217,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             "kv_cache_bytes": kv_cache_bytes, "chunk_seconds": clock.seconds()}
     if plan is not None:
         info.update(plan.stats())
-    return SampleResult(out.to(latent.dtype), seconds, total, progress.tokens, tokens_full, info)
+    return SampleResult(out.to(latent.dtype), seconds, total, progress.tokens, tokens_full, info, plan)
 
 
 def _triton_available() -> bool:

@@ -44,10 +44,13 @@ lipar = _load_lipar()
 
 # Submodules the nodes use (imported here so every node module shares one lipar).
 import lipar.causal  # noqa: E402
+import lipar.chunks  # noqa: E402
+import lipar.graphs  # noqa: E402
 import lipar.latents  # noqa: E402
 import lipar.loading  # noqa: E402
 import lipar.preview  # noqa: E402
 import lipar.recovery  # noqa: E402
+import lipar.sampler  # noqa: E402
 import lipar.schedule  # noqa: E402
 import lipar.validate  # noqa: E402
 

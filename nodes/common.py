@@ -7,6 +7,7 @@ Every check raises ``ValueError`` with a message a ComfyUI user can act on; lipa
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from ._lib import LiparError, lipar
 
 CATEGORY = "LIPAR"
 PLAN_KEY = "lipar_plan"
-PENDING_KEY = "lipar_restore_pending"
+log = logging.getLogger("lipar")
 
 
 @contextlib.contextmanager
@@ -46,11 +47,11 @@ def latent_plan(latent: dict) -> Any:
     return plan
 
 
-def check_not_pending(latent: dict, node: str) -> None:
-    if latent.get(PENDING_KEY):
-        raise ValueError(
-            f"This latent is the output of a pruned Self-Forcing run whose pruned positions are still empty; "
-            f"connect Token Restore before {node}.")
+def model_type_name(model: Any) -> str | None:
+    """ComfyUI's name for the model's type (its supported-model config class: SD15, SDXL,
+    WAN21_T2V, ...), or None outside ComfyUI."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    return type(config).__name__ if config is not None else None
 
 
 def diffusion_model(model: Any) -> torch.nn.Module:
@@ -61,8 +62,14 @@ def diffusion_model(model: Any) -> torch.nn.Module:
         raise ValueError(
             f"The model input is not a ComfyUI diffusion MODEL (got {type(model).__name__}). Connect the MODEL "
             "output of Load Diffusion Model or Load Self-Forcing Checkpoint (Wan2.1-T2V-1.3B / Self-Forcing).")
-    with user_errors():
+    try:
         lipar.causal.check_wan_module(module)
+    except LiparError as e:
+        kind = model_type_name(model)
+        what = f"a {kind} model (network {type(module).__name__})" if kind else f"a {type(module).__name__}"
+        raise ValueError(f"The connected model is {what}, not a Wan2.1 text-to-video model: {e.reason} Load "
+                         "Self-Forcing (a Wan2.1-T2V-1.3B model) with Load Diffusion Model or Load Self-Forcing "
+                         "Checkpoint.") from None
     return module
 
 
@@ -85,7 +92,7 @@ def conditioning_context(positive: Any) -> torch.Tensor:
         raise ValueError("The positive CONDITIONING has no text embedding tensor; connect CLIP Text Encode "
                          "(Load CLIP with type 'wan').")
     if len(positive) > 1:
-        print(f"[LIPAR] positive has {len(positive)} conditioning entries; the Self-Forcing sampler uses the first.")
+        log.warning("positive has %d conditioning entries; the Self-Forcing sampler uses the first.", len(positive))
     return tensor
 
 

@@ -72,8 +72,75 @@ class Progress:
         self.total = max(1, int(total))
         self.bar = utils.ProgressBar(self.total) if utils is not None and hasattr(utils, "ProgressBar") else None
 
-    def update(self, done: int, total: int | None = None) -> None:
+    def update(self, done: int, total: int | None = None, preview: Any = None) -> None:
         if total is not None:
             self.total = max(1, int(total))
         if self.bar is not None:
-            self.bar.update_absolute(int(done), self.total)
+            self.bar.update_absolute(int(done), self.total, preview)
+
+
+def latent_previewer(model: Any):
+    """ComfyUI's latent previewer for the model's latent format, as its KSampler uses it (the
+    tiny video VAE from models/vae_approx with --preview-method taesd, its latent-to-RGB
+    factors otherwise), or None (no ComfyUI, or previews turned off)."""
+    preview = _optional("latent_preview")
+    latent_format = getattr(getattr(model, "model", None), "latent_format", None)
+    if preview is None or latent_format is None:
+        return None
+    return preview.get_previewer(getattr(model, "load_device", "cpu"), latent_format)
+
+
+class ChunkPreviews:
+    """Latent previews of each finished chunk (its last frame), sent with the progress bar.
+
+    Nothing here waits for the GPU: a finished chunk's frame is copied to (pinned) host
+    memory without blocking and turned into a preview at a later pass, once the copy is done."""
+
+    def __init__(self, model: Any):
+        self.previewer = latent_previewer(model)
+        self.pending: tuple[torch.Tensor, Any] | None = None
+
+    def chunk_done(self, sample: int, chunk: int, x0: torch.Tensor) -> None:
+        """lipar's ``on_chunk``: x0 [1, C, F, H, W] in the model's latent space, on its device."""
+        if self.previewer is None or sample != 0:
+            return
+        frame = x0[:, :, -1:]
+        if frame.is_cuda:
+            host = torch.empty(frame.shape, dtype=frame.dtype, pin_memory=True)
+            host.copy_(frame, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self.pending = (host, done)
+        else:
+            self.pending = (frame.clone(), None)
+
+    def ready(self, wait: bool = False) -> Any:
+        """The preview of the latest finished chunk if its copy has arrived (``wait``: once it has)."""
+        if self.pending is None:
+            return None
+        frame, done = self.pending
+        if done is not None and not (wait or done.query()):
+            return None
+        if done is not None and wait:
+            done.synchronize()
+        self.pending = None
+        return self.previewer.decode_latent_to_preview_image("JPEG", frame)
+
+
+def keep_graphs(model: Any, device: torch.device, run_bytes: int) -> bool:
+    """Whether the sampler may keep its CUDA graphs (static buffers and memory pool) for the
+    next run of this model. ComfyUI cannot free that memory itself, so it is kept only while
+    ComfyUI has the model fully loaded in a normal or high VRAM state and the GPU could still
+    hold another run's working memory twice over; otherwise it goes back now, before the next
+    node (VAE Decode) asks for room. Outside ComfyUI: kept."""
+    mm = model_management()
+    if mm is None or device.type != "cuda":
+        return True
+    if getattr(getattr(model, "model", None), "model_lowvram", False):
+        return False
+    state = getattr(mm, "vram_state", None)
+    states = getattr(mm, "VRAMState", None)
+    if states is not None and state not in (states.HIGH_VRAM, states.NORMAL_VRAM):
+        return False
+    free = mm.get_free_memory(device) if hasattr(mm, "get_free_memory") else 0
+    return free >= 2 * run_bytes

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from . import host
 from ._lib import lipar
-from .common import CATEGORY, PENDING_KEY, PLAN_KEY, latent_samples, user_errors
+from .common import CATEGORY, PLAN_KEY, latent_samples, log, user_errors
 
 PREVIEW_MAX_SIDE = 640   # the in-node animation is downscaled to this; the IMAGE output keeps full size
 VIDEO_FPS = 16.0         # Wan2.1 / Self-Forcing video frame rate
@@ -36,6 +36,12 @@ def plan_stats(plan) -> dict:
     stats = plan.stats()
     stats["latent_frames"] = plan.frames
     stats["tokens_per_frame"] = plan.tokens_per_frame
+    if not plan.pruned_anything_possible():
+        video = 4 * plan.config.chunk_frames + 1     # chunk_frames + 1 latent frames
+        stats["note"] = (f"nothing can be pruned: the video fits in the first chunk ({plan.frames} latent frames), "
+                         f"which is never pruned (no earlier frame to borrow from); use {video} or more video frames")
+    elif plan.prune_ratio() == 0:
+        stats["note"] = "nothing pruned at these thresholds: raise the threshold to prune more"
     return stats
 
 
@@ -69,7 +75,7 @@ class LatentInterFramePruner:
                     "earlier chunk, whose clean key/value the KV cache holds (noise-aware constraint, paper Eq. 5; 0.3)."}),
                 "chunk_frames": ("INT", {"default": _DEFAULTS.chunk_frames, "min": 1, "max": 64, "tooltip":
                     "Latent frames per causal chunk; must equal the sampler's chunk frames (Self-Forcing: 3). The "
-                    "latent's frame count must be a multiple of it."}),
+                    "first chunk is never pruned; the last one may be shorter."}),
                 "trim_outliers": ("FLOAT", {"default": _DEFAULTS.trim_outliers, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip":
                     "Fraction of the largest per-element differences of a patch ignored in the distance (0 = plain "
                     "mean). Makes pruning robust to a few noisy latent values."}),
@@ -83,16 +89,14 @@ class LatentInterFramePruner:
             "optional": {
                 "images": ("IMAGE", {"tooltip":
                     "Optional: the source frames that were VAE-encoded (4*(T-1)+1 frames); the mask preview is drawn "
-                    "over them."}),
+                    "over them. Sizes VAE Encode crops (e.g. 854x480 -> 848x480) are cropped the same way, others "
+                    "resized; frames that do not fit give the masks alone. Never blocks the edit."}),
             },
         }
 
     def prune(self, latent, threshold, anchor_threshold, chunk_frames, trim_outliers, smooth, open_pruned,
               dilate_kept, images=None):
         samples = latent_samples(latent)
-        if latent.get(PENDING_KEY):
-            raise ValueError("This latent is the output of a pruned Self-Forcing run and still needs Token Restore; "
-                             "prune the VAE-encoded source latent instead.")
         config = lipar.PlanConfig(threshold=float(threshold), anchor_threshold=float(anchor_threshold),
                                   chunk_frames=int(chunk_frames), trim_outliers=float(trim_outliers),
                                   smooth=int(smooth), open_pruned=int(open_pruned), dilate_kept=int(dilate_kept))
@@ -101,16 +105,21 @@ class LatentInterFramePruner:
             lipar.validate.check_latent(samples, what="latent to prune")
             normalized = lipar.latents.normalize_wan21(samples.float())
             plan = lipar.build_plan(normalized, config)
-            preview = lipar.preview.mask_preview(plan, images)
+            frames = None
+            if images is not None:
+                t, h, w = samples.shape[2:]
+                frames, what = lipar.preview.fit_frames(images, t, h, w)
+                if what:
+                    log.warning("pruner preview: %s.", what)
+            preview = lipar.preview.mask_preview(plan, frames)
 
         out = dict(latent)
         out[PLAN_KEY] = plan
         stats = plan_stats(plan)
-        with_frames = images is not None
-        ui_image = write_preview(preview, VIDEO_FPS if with_frames and preview.shape[0] > plan.frames else LATENT_FPS)
-        kept = stats["tokens_kept"]
-        print(f"[LIPAR] pruner: {stats['prune_ratio'] * 100:.1f}% of tokens pruned "
-              f"(kept {kept} of {stats['tokens_total']} per sample; {plan.frames} latent frames, "
-              f"chunks of {config.chunk_frames})")
+        ui_image = write_preview(preview, VIDEO_FPS if frames is not None and preview.shape[0] > plan.frames
+                                 else LATENT_FPS)
+        log.info("pruner: %.1f%% of tokens pruned (kept %s of %d per sample; %d latent frames, chunks of %d)%s",
+                 stats["prune_ratio"] * 100, stats["tokens_kept"], stats["tokens_total"], plan.frames,
+                 config.chunk_frames, f" - {stats['note']}" if stats.get("note") else "")
         return {"ui": {"images": [ui_image], "animated": (True,), "lipar_stats": [stats]},
                 "result": (out, preview)}

@@ -1,23 +1,24 @@
-"""Token Restore: fills the pruned positions of a sampled latent so the VAE can decode a full video."""
+"""Token Restore: fills the pruned positions of a latent that still carries a pruning plan."""
 
 from __future__ import annotations
 
 import torch
 
 from ._lib import lipar
-from .common import CATEGORY, PENDING_KEY, PLAN_KEY, latent_plan, latent_samples, user_errors
+from .common import CATEGORY, PLAN_KEY, latent_plan, latent_samples, user_errors
 
 
 class TokenRestore:
     DESCRIPTION = (
         "LIPAR token restore (paper 2.4.3): every pruned latent patch takes the denoised patch at the same place in "
-        "the latest kept frame before it. Connect between the Self-Forcing Causal Sampler and VAE Decode. A latent "
-        "without a pruning plan passes through unchanged.")
+        "the latest kept frame before it. The Self-Forcing Causal Sampler now does this itself, so its output goes "
+        "straight to VAE Decode; this node passes such a complete latent through unchanged and is kept so that "
+        "saved workflows keep working.")
     CATEGORY = CATEGORY
     FUNCTION = "restore"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The full latent, ready for VAE Decode (the pruning plan is removed).",)
+    OUTPUT_TOOLTIPS = ("The full latent, ready for VAE Decode (any pruning plan is removed).",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -26,7 +27,7 @@ class TokenRestore:
     def restore(self, latent):
         samples = latent_samples(latent)
         plan = latent_plan(latent)
-        out = {k: v for k, v in latent.items() if k not in (PLAN_KEY, PENDING_KEY)}
+        out = {k: v for k, v in latent.items() if k != PLAN_KEY}
         if plan is not None:
             with user_errors(), torch.no_grad():
                 out["samples"] = lipar.restore_latent(samples, plan)

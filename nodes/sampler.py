@@ -7,41 +7,49 @@ import dataclasses
 import torch
 
 from . import host
-from ._lib import lipar
-from .common import (CATEGORY, PENDING_KEY, PLAN_KEY, check_not_pending, compute_dtype, conditioning_context,
-                     diffusion_model, latent_plan, latent_samples, lipar_options, model_device, user_errors,
-                     cuda_graphs_allowed)
+from ._lib import LiparError, lipar
+from .common import (CATEGORY, PLAN_KEY, compute_dtype, conditioning_context, cuda_graphs_allowed, diffusion_model,
+                     latent_plan, latent_samples, lipar_options, log, model_device, user_errors)
 from .patch import DEFAULT_OPTIONS
 
-MODES = ("edit", "generate")
+_DEFAULTS = lipar.SamplerConfig()
+MODES = lipar.sampler.MODES
 
 
-def inference_memory(cfg, latent_shape, chunk_frames: int, dtype: torch.dtype) -> int:
-    """Bytes the run needs besides the weights: the KV cache of one sample (upper bound: every token
-    plus the text) and one chunk's activations. Handed to ComfyUI so it frees room before loading."""
+def inference_memory(cfg, latent_shape, config) -> int:
+    """Bytes a run needs besides the weights, handed to ComfyUI so it frees room before loading:
+    the KV cache of one sample (upper bound: every token of the frames the window holds), the
+    text keys/values, one chunk's activations, and the CUDA-graph static buffers."""
     _, _, t, h, w = latent_shape
     per_frame = (h // 2) * (w // 2)
-    item = torch.empty((), dtype=dtype).element_size()
-    cache = 2 * cfg.num_layers * (t * per_frame + cfg.text_len) * cfg.dim * item
-    chunk = chunk_frames * per_frame
+    item = torch.empty((), dtype=config.dtype).element_size()
+    frames = min(t, config.window_frames) if config.window_frames else t
+    cache = 2 * cfg.num_layers * frames * per_frame * cfg.dim * item
+    text = 2 * cfg.num_layers * cfg.text_len * cfg.dim * item
+    chunk = min(t, config.chunk_frames) * per_frame
     activations = 4 * chunk * (cfg.ffn_dim + 8 * cfg.dim) * item
-    return int(cache + activations)
+    graph_buffers = chunk * (6 * cfg.dim + 4 * cfg.out_dim) * item
+    return int(cache + text + activations + graph_buffers)
 
 
-def run_note(plan, options: dict | None, mode: str) -> str:
+def run_note(plan, options: dict | None, mode: str, info: dict) -> str:
+    """One line for the node's panel: what ran and anything the user should know."""
     if plan is None:
         note = "unpruned run (no pruning plan in the latent)"
         if options is not None:
             note += "; the Attention Recovery Patch has no effect without a plan"
-        return note
-    if options is None:
-        note = ("pruned latent, default recovery (noise_aware, compressed; no Attention Recovery Patch): "
-                "connect Token Restore before VAE Decode")
-    elif options.get("recovery") == "none":
-        note = "pruned latent with recovery 'none' (naive pruning): connect Token Restore before VAE Decode"
+    elif plan.prune_ratio() == 0:
+        note = ("nothing was pruned (the first chunk is never pruned)" if not plan.pruned_anything_possible()
+                else "nothing was pruned at these thresholds")
     else:
-        note = "pruned latent: connect Token Restore before VAE Decode"
-    if mode == "generate":
+        recovery = options.get("recovery") if options else None
+        note = ("pruned run, naive pruning (recovery 'none')" if recovery == "none" else
+                f"pruned run, recovery {recovery or 'noise_aware (default)'}") + "; pruned positions restored"
+    if info.get("window_rolls"):
+        note += (f"; KV window {info['window_frames']} frames with a {info['sink_frames']}-frame sink")
+        if info.get("window_kept_tokens"):
+            note += f" ({info['window_kept_tokens']} tokens kept whose anchor left the window)"
+    if plan is not None and mode == "generate":
         note += "; generate mode prunes by the input latent's motion, which is meant for editing"
     return note
 
@@ -50,13 +58,14 @@ class SelfForcingSampler:
     DESCRIPTION = (
         "Self-Forcing causal sampling of a Wan2.1 model: the video is generated chunk by chunk with a KV cache. "
         "edit: SDEdit from the input latent noised to the first step (LIPAR's video editing). generate: from "
-        "noise. If the latent carries a LIPAR pruning plan only kept tokens are computed; connect Token Restore "
-        "before VAE Decode. Without a plan this is the unpruned baseline.")
+        "noise. If the latent carries a LIPAR pruning plan only kept tokens are computed and the pruned positions "
+        "are filled from the previous frame, so VAE Decode can follow directly. Without a plan this is the "
+        "unpruned baseline.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The denoised latent (with the plan still attached when pruned: connect Token Restore).",)
+    OUTPUT_TOOLTIPS = ("The denoised video latent, complete (pruned positions restored): connect VAE Decode.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -68,25 +77,50 @@ class SelfForcingSampler:
                                                          "encoder (Load CLIP, type 'wan')."}),
                 "latent": ("LATENT", {"tooltip": "edit: the source video's latent (from VAE Encode, or the Latent "
                                                  "Inter-Frame Pruner to prune). generate: any latent of the output's "
-                                                 "shape, e.g. an empty video latent."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
+                                                 "shape, e.g. an empty video latent. Any length."}),
+                "seed": ("INT", {"default": _DEFAULTS.seed, "min": 0, "max": 0xffffffffffffffff,
+                                 "control_after_generate": True,
                                  "tooltip": "Seed of the noise (the same seed gives the same video on any device)."}),
-                "steps": ("STRING", {"default": "400,350,250", "tooltip":
-                    "Comma-separated decreasing denoising steps in (0, 1000]. Editing (SDEdit): 400,350,250; "
+                "steps": ("STRING", {"default": ",".join(map(str, lipar.schedule.EDITING_STEPS)), "tooltip":
+                    "Comma-separated decreasing whole numbers in (0, 1000]. Editing (SDEdit): 400,350,250; "
                     "generation: 1000,750,500,250. Empty: the mode's default."}),
-                "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 20.0, "step": 0.1, "tooltip":
+                "shift": ("FLOAT", {"default": _DEFAULTS.shift, "min": 0.1, "max": 20.0, "step": 0.1, "tooltip":
                     "Timestep shift of the flow-matching schedule (Self-Forcing: 5)."}),
-                "chunk_frames": ("INT", {"default": 3, "min": 1, "max": 64, "tooltip":
-                    "Latent frames generated per causal chunk (Self-Forcing: 3); must match the pruner's."}),
-                "mode": (list(MODES), {"default": "edit", "tooltip":
+                "chunk_frames": ("INT", {"default": _DEFAULTS.chunk_frames, "min": 1, "max": 64, "tooltip":
+                    "Latent frames generated per causal chunk (Self-Forcing: 3); must match the pruner's. The last "
+                    "chunk may be shorter."}),
+                "mode": (list(MODES), {"default": _DEFAULTS.mode, "tooltip":
                     "edit: re-generate the input video from its latent noised to the first step (SDEdit). "
                     "generate: from pure noise (the input latent only gives the shape)."}),
             },
+            "optional": {
+                "window_frames": ("INT", {"default": _DEFAULTS.window_frames, "min": 0, "max": 4096, "advanced": True,
+                    "tooltip": "Latent frames the KV cache holds and each chunk attends to (Self-Forcing's "
+                               "local_attn_size). Self-Forcing was trained on 21 (81 video frames): videos up to that "
+                               "run exactly as without a window. Longer videos then use bounded memory and time per "
+                               "chunk, and forget frames older than the window (except the sink). 0: no limit "
+                               "(memory and time grow with the video, attention spans beyond the training length)."}),
+                "sink_frames": ("INT", {"default": _DEFAULTS.sink_frames, "min": 0, "max": 64, "advanced": True,
+                    "tooltip": "First latent frames kept in the KV cache for the whole video once the window rolls "
+                               "(attention sink; Self-Forcing's sink_size). 3 keeps the first chunk: it anchors the "
+                               "look of the video and keeps still regions cheap to prune. 0: the window just rolls."}),
+            },
         }
 
-    def sample(self, model, positive, latent, seed, steps, shift, chunk_frames, mode):
+    @classmethod
+    def VALIDATE_INPUTS(cls, steps=None):
+        """Refuse a bad steps string when the prompt is queued, before anything runs (ComfyUI
+        keeps checking the numeric widgets' ranges itself: they are not named here)."""
+        if isinstance(steps, str) and steps.strip():
+            try:
+                lipar.schedule.parse_steps(steps)
+            except LiparError as e:
+                return str(e)
+        return True
+
+    def sample(self, model, positive, latent, seed, steps, shift, chunk_frames, mode,
+               window_frames=_DEFAULTS.window_frames, sink_frames=_DEFAULTS.sink_frames):
         samples = latent_samples(latent)
-        check_not_pending(latent, "sampling it again")
         module = diffusion_model(model)
         plan = latent_plan(latent)
         patch_options = lipar_options(model)
@@ -98,13 +132,15 @@ class SelfForcingSampler:
                 mode=mode, steps=lipar.schedule.parse_steps(steps_text) if steps_text else None, shift=float(shift),
                 chunk_frames=int(chunk_frames), seed=int(seed), recovery=options["recovery"],
                 recovery_form=options["recovery_form"], backend=options["attention_backend"],
-                dtype=compute_dtype(model, module)).validate()
+                dtype=compute_dtype(model, module), window_frames=int(window_frames),
+                sink_frames=int(sink_frames)).validate()
             lipar.validate.check_latent(samples, what="latent")
             if plan is not None:
                 plan.check_fits(tuple(samples.shape), config.chunk_frames)
             cfg = lipar.causal.check_wan_module(module)
 
-        host.load_model(model, inference_memory(cfg, samples.shape, config.chunk_frames, config.dtype))
+        needed = inference_memory(cfg, samples.shape, config)
+        host.load_model(model, needed)
         module = model.model.diffusion_model
         device = model_device(model, module)
         graphs = cuda_graphs_allowed(model)
@@ -115,45 +151,58 @@ class SelfForcingSampler:
         process_out = getattr(inner, "process_latent_out", lipar.latents.denormalize_wan21)
 
         progress = host.Progress(1)
+        previews = host.ChunkPreviews(model)
 
         def on_pass(info):
             host.throw_if_interrupted()
-            progress.update(info.done, info.total)
+            progress.update(info.done, info.total, previews.ready())
 
         with user_errors(), torch.no_grad():
             z = process_in(samples.float())
-            result = lipar.sample(module, context, z, plan=plan, config=config, device=device, on_pass=on_pass)
-        progress.update(result.passes, result.passes)
-        out_samples = process_out(result.latent.to(host.intermediate_device(), torch.float32))
+            result = lipar.sample(module, context, z, plan=plan, config=config, device=device, on_pass=on_pass,
+                                  on_chunk=previews.chunk_done)
+            restored = lipar.restore_latent(result.latent, result.plan)
+        progress.update(result.passes, result.passes, previews.ready(wait=True))
+        graphs_kept = host.keep_graphs(model, device, needed)
+        if result.info.get("cuda_graphs") and not graphs_kept:
+            lipar.graphs.release_graphs(module)
+        out_samples = process_out(restored.to(host.intermediate_device(), torch.float32))
 
-        out = dict(latent)
+        out = {k: v for k, v in latent.items() if k != PLAN_KEY}
         out["samples"] = out_samples
-        if plan is not None:
-            out[PLAN_KEY] = plan
-            out[PENDING_KEY] = True
         b, _, t = samples.shape[:3]
         video_frames = b * (4 * (t - 1) + 1)
         seconds = float(result.seconds)
+        ri = result.info
         info = {
             "seconds": round(seconds, 4),
             "fps": round(video_frames / seconds, 3) if seconds > 0 else None,
-            "prune_ratio": round(plan.prune_ratio(), 6) if plan is not None else None,
-            "recovery": result.info.get("recovery", options["recovery"] if plan is not None else "unpruned"),
+            "prune_ratio": round(result.plan.prune_ratio(), 6) if plan is not None else None,
+            "recovery": ri.get("recovery", options["recovery"] if plan is not None else "unpruned"),
             "recovery_form": options["recovery_form"] if plan is not None else None,
             "tokens_computed": int(result.tokens_computed),
             "tokens_full": int(result.tokens_full),
             "passes": int(result.passes),
             "video_frames": video_frames,
-            "backend": result.info.get("backend"),
-            "dtype": result.info.get("dtype"),
-            "cuda_graphs": bool(result.info.get("cuda_graphs", False)),
-            "steps": list(result.info.get("steps", [])),
-            "note": run_note(plan, patch_options, mode),
+            "backend": ri.get("backend"),
+            "dtype": ri.get("dtype"),
+            "cuda_graphs": bool(ri.get("cuda_graphs", False)),
+            "path": ri.get("path"),
+            "kernels": ri.get("kernels"),
+            "bias_mode": ri.get("bias_mode"),
+            "graphs_kept": bool(ri.get("cuda_graphs")) and graphs_kept,
+            "window_frames": ri.get("window_frames"),
+            "sink_frames": ri.get("sink_frames"),
+            "window_rolls": bool(ri.get("window_rolls")),
+            "kv_cache_bytes": ri.get("kv_cache_bytes"),
+            "steps": list(ri.get("steps", [])),
+            "note": run_note(result.plan, patch_options, mode, ri),
         }
         share = info["tokens_computed"] / max(1, info["tokens_full"])
         fps = f"{info['fps']:.2f} FPS" if info["fps"] is not None else "n/a FPS"
         pruned = f", {info['prune_ratio'] * 100:.1f}% pruned" if plan is not None else ""
-        print(f"[LIPAR] Self-Forcing sampler ({mode}): {video_frames} frames in {seconds:.2f} s ({fps}), "
-              f"{info['passes']} passes, {share * 100:.1f}% of tokens computed{pruned}, recovery {info['recovery']}, "
-              f"{info['backend']}/{info['dtype']} - {info['note']}")
+        log.info("Self-Forcing sampler (%s): %d frames in %.2f s (%s), %d passes, %.1f%% of tokens computed%s, "
+                 "recovery %s, %s/%s, %s, %s kernels - %s", mode, video_frames, seconds, fps, info["passes"],
+                 share * 100, pruned, info["recovery"], info["backend"], info["dtype"], info["path"],
+                 info["kernels"], info["note"])
         return {"ui": {"lipar_sampler": [info]}, "result": (out,)}

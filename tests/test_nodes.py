@@ -141,7 +141,7 @@ API = {
     "LIPAR_AttentionRecoveryPatch": ("Attention Recovery Patch", ["model", "recovery", "recovery_form",
         "attention_backend"], [], ("MODEL",), ("model",)),
     "LIPAR_SelfForcingSampler": ("Self-Forcing Causal Sampler", ["model", "positive", "latent", "seed", "steps",
-        "shift", "chunk_frames", "mode"], [], ("LATENT",), ("latent",)),
+        "shift", "chunk_frames", "mode"], ["window_frames", "sink_frames"], ("LATENT",), ("latent",)),
     "LIPAR_TokenRestore": ("Token Restore", ["latent"], [], ("LATENT",), ("latent",)),
     "LIPAR_SelfForcingCheckpointLoader": ("Load Self-Forcing Checkpoint", ["ckpt_name", "weight_dtype"], [],
         ("MODEL",), ("model",)),
@@ -275,13 +275,11 @@ def test_pruner_batch_of_two(raw):
 
 @pytest.mark.parametrize("change,msg", [
     (dict(samples=lambda z: z[:, :, 0]), r"video latent \[B, 16, T, H, W\].*image latent"),
-    (dict(samples=lambda z: z[:, :, :5]), r"5 latent frames, not a multiple of the chunk size 3.*Use a video of 9, 21 frames"),
     (dict(samples=lambda z: z[:, :4]), "16"),
     (dict(samples=lambda z: torch.where(torch.rand_like(z) < 0.01, torch.nan, z)), "NaN"),
     (dict(threshold=10.5), r"threshold must be within \[0, 10\]"),
     (dict(anchor_threshold=-0.1), "anchor_threshold"),
     (dict(smooth=4), "odd"),
-    (dict(images=lambda f: f[:10]), r"source frames \(10\) do not match.*21 frames"),
 ])
 def test_pruner_bad_inputs_give_clear_errors(raw, frames, change, msg):
     z = change.pop("samples", lambda z: z)(raw)
@@ -291,11 +289,43 @@ def test_pruner_bad_inputs_give_clear_errors(raw, frames, change, msg):
     assert e.type is ValueError   # plain ValueError: ComfyUI shows the message
 
 
-def test_pruner_rejects_non_latents_and_unrestored_outputs(raw):
+def test_pruner_rejects_non_latents(raw):
     with pytest.raises(ValueError, match="LATENT"):
         prune(raw)
-    with pytest.raises(ValueError, match="Token Restore"):
-        prune({"samples": raw, "lipar_restore_pending": True})
+
+
+@pytest.mark.parametrize("size,done", [((64 + 6, 96 + 6), "cropped the images from 102x70 to 96x64"),
+                                       ((64 + 7, 96), "cropped the images from 96x71 to 96x64"),
+                                       ((128, 192), "resized the images from 192x128 to the latent's 96x64")])
+def test_pruner_images_of_other_sizes_never_block_the_edit(raw, size, done, caplog):
+    """Video sizes that are not multiples of 8 (854x480: VAE Encode crops it to 848x480) are
+    cropped the way VAE Encode does, others resized; both say so and the plan is unchanged."""
+    frames = torch.rand(21, *size, 3, generator=torch.Generator().manual_seed(1))
+    base = prune({"samples": raw})["result"][0]["lipar_plan"]
+    with caplog.at_level("WARNING", logger="lipar"):
+        out, preview = prune({"samples": raw}, images=frames)["result"]
+    assert done in caplog.text
+    assert preview.shape == (21, 64, 96, 3) and torch.equal(out["lipar_plan"].keep, base.keep)
+    if "cropped" in done:          # kept patches show the centre-cropped source pixels untouched
+        dy, dx = (size[0] - 64) // 2, (size[1] - 96) // 2
+        kept_px = base.keep[0, 0].repeat_interleave(16, 0).repeat_interleave(16, 1)
+        assert torch.allclose(preview[0][kept_px], frames[0, dy:dy + 64, dx:dx + 96][kept_px])
+
+
+def test_pruner_images_with_another_frame_count_show_the_masks(raw, frames, caplog):
+    with caplog.at_level("WARNING", logger="lipar"):
+        _, preview = prune({"samples": raw}, images=frames[:10])["result"]
+    assert "has 10 frames but the latent stands for 21" in caplog.text
+    assert preview.shape == (6, 64, 96, 3)
+
+
+def test_pruner_says_why_a_one_chunk_video_is_not_pruned(raw):
+    (stats,) = prune({"samples": raw[:, :, :3]})["ui"]["lipar_stats"]
+    assert stats["prune_ratio"] == 0 and "fits in the first chunk" in stats["note"] and "13" in stats["note"]
+    (stats,) = prune({"samples": raw}, threshold=0.0)["ui"]["lipar_stats"]
+    assert "nothing pruned at these thresholds" in stats["note"]
+    (stats,) = prune({"samples": raw})["ui"]["lipar_stats"]
+    assert "note" not in stats
 
 
 # ---- Attention Recovery Patch ------------------------------------------------------------
@@ -322,9 +352,20 @@ def test_patch_creates_missing_option_dicts(wan):
     assert model.model_options == {}
 
 
+class SD15:
+    """Stands for ComfyUI's supported-model config class of an SD1.5 checkpoint."""
+
+
 def test_patch_rejects_non_wan_models(wan):
-    with pytest.raises(ValueError, match=r"The connected model \(Linear\) is not a Wan2.1 text-to-video DiT"):
+    with pytest.raises(ValueError, match=r"The connected model is a Linear, not a Wan2.1 text-to-video model: it "
+                                         r"lacks Wan's patch_embedding.weight, text_embedding.0.weight, "
+                                         r"time_embedding.0.weight and 7 more\. Load Self-Forcing") as e:
         Patch().patch(FakePatcher(torch.nn.Linear(4, 4)), "noise_aware", "exact", "auto")
+    assert ".." not in str(e.value)
+    sd15 = FakePatcher(torch.nn.Conv2d(4, 4, 3))
+    sd15.model.model_config = SD15()
+    with pytest.raises(ValueError, match=r"The connected model is a SD15 model \(network Conv2d\), not a Wan2.1"):
+        Patch().patch(sd15, "noise_aware", "exact", "auto")
     with pytest.raises(ValueError, match=r"not a ComfyUI diffusion MODEL \(got Tensor\)"):
         Patch().patch(torch.zeros(1), "noise_aware", "exact", "auto")
     with pytest.raises(ValueError, match="recovery mode"):
@@ -370,15 +411,20 @@ def test_pruned_graph_restored_is_close_to_unpruned_on_kept_tokens(wan, positive
     (patched,) = Patch().patch(model, "noise_aware", "exact", "auto")
     r = sample(patched, positive, pruned_latent)
     (out,) = r["result"]
-    assert out["lipar_plan"] is plan and out["lipar_restore_pending"] is True
-    assert "lipar_restore_pending" not in pruned_latent and pruned_latent["samples"] is raw
+    assert "lipar_plan" not in out and pruned_latent["lipar_plan"] is plan and pruned_latent["samples"] is raw
     (info,) = r["ui"]["lipar_sampler"]
     assert info["recovery"] == "noise_aware" and info["prune_ratio"] == pytest.approx(plan.prune_ratio(), abs=1e-6)
     assert info["tokens_computed"] < 0.95 * info["tokens_full"]
-    assert info["note"] == "pruned latent: connect Token Restore before VAE Decode"
+    assert info["note"] == "pruned run, recovery noise_aware; pruned positions restored"
+    # the sampler's output is complete: what Token Restore gives from the raw pruned run, and VAE
+    # Decode can take it directly (no flat holes at pruned positions); Token Restore passes it through
+    z = normalize_wan21(raw.float())
+    cfg = lipar.SamplerConfig(seed=2, recovery_form="exact")
+    holes = lipar.sample(wan, positive[0][0], z, plan=plan, config=cfg).latent
+    assert (holes[:, :, ~plan.keep[0].repeat_interleave(2, 1).repeat_interleave(2, 2)] == 0).all()
+    assert torch.allclose(out["samples"], denormalize_wan21(lipar.restore_latent(holes, plan)), atol=1e-5)
     (restored,) = Restore().restore(out)
-    assert "lipar_plan" not in restored and "lipar_restore_pending" not in restored
-    assert "lipar_plan" in out   # the sampler's output dict is not mutated by Token Restore
+    assert torch.equal(restored["samples"], out["samples"])
     keep = keep_pixels(plan, base)
     err = ((restored["samples"] - base)[keep].norm() / base[keep].norm()).item()
     assert 0 < err < 0.05, err
@@ -389,7 +435,7 @@ def test_pruned_latent_without_patch_uses_default_recovery(wan, positive, raw):
     pruned_latent, _ = prune({"samples": raw})["result"]
     (info,) = sample(FakePatcher(wan), positive, pruned_latent)["ui"]["lipar_sampler"]
     assert info["recovery"] == "noise_aware"
-    assert info["note"].startswith("pruned latent, default recovery (noise_aware, compressed")
+    assert info["note"].startswith("pruned run, recovery noise_aware (default)")
 
 
 def test_sampler_uses_comfyui_services_when_present(wan, positive, raw, monkeypatch):
@@ -478,9 +524,8 @@ def test_sampler_bad_inputs_give_clear_errors(wan, positive, raw):
             sample(*args, **kw)
         assert e.type is ValueError
 
-    err(r"The connected model \(Linear\) is not a Wan2.1", FakePatcher(torch.nn.Linear(4, 4)), positive, {"samples": raw})
+    err(r"The connected model is a Linear, not a Wan2.1", FakePatcher(torch.nn.Linear(4, 4)), positive, {"samples": raw})
     err("image latent", model, positive, {"samples": raw[:, :, 0]})
-    err("not a multiple of the chunk size 3.*Use a video of", model, positive, {"samples": raw[:, :, :4]})
     err("NaN", model, positive, {"samples": raw * torch.nan})
     err("made for 3-frame chunks but the sampler uses 1", model, positive, pruned_latent, chunk_frames=1)
     err(r"made for a latent of shape \[1, 16, 6, 8, 12\]", model, positive,
@@ -489,7 +534,14 @@ def test_sampler_bad_inputs_give_clear_errors(wan, positive, raw):
     err("comma-separated", model, positive, {"samples": raw}, steps="four hundred")
     err("4096", model, [[torch.randn(1, 8, 768), {}]], {"samples": raw})
     err("CONDITIONING", model, [], {"samples": raw})
-    err("Token Restore", model, positive, {**pruned_latent, "lipar_restore_pending": True})
+    other = {"samples": raw.flip(-1), "lipar_plan": pruned_latent["lipar_plan"]}
+    err("made for another latent of the same shape", model, positive, other)
+    padded = torch.cat([raw[:, :, :4], raw[:, :, 3:4].expand(-1, -1, 2, -1, -1)], 2)
+    err("made for another latent", model, positive, {"samples": padded, "lipar_plan": pruned_latent["lipar_plan"]})
+    edited = copy.deepcopy(pruned_latent["lipar_plan"])
+    edited.anchor_frame[0, 4] = 0
+    err("Invalid plan", model, positive, {"samples": raw, "lipar_plan": edited})
+    err("KV window of 4 latent frames cannot hold", model, positive, {"samples": raw}, window_frames=4)
     err("not a LIPAR pruning plan", model, positive, {"samples": raw, "lipar_plan": {"keep": 1}})
     err("'cudnn' needs a CUDA device", Patch().patch(model, "noise_aware", "exact", "cudnn")[0], positive,
         {"samples": raw})
@@ -509,10 +561,10 @@ def test_token_restore_without_plan_passes_through(raw):
 def test_token_restore_fills_pruned_positions(raw):
     pruned_latent, _ = prune({"samples": raw})["result"]
     plan = pruned_latent["lipar_plan"]
-    holes = torch.where(keep_pixels(plan, raw), raw, torch.zeros_like(raw))   # what a pruned run returns
-    latent = {"samples": holes, "lipar_plan": plan, "lipar_restore_pending": True}
+    holes = torch.where(keep_pixels(plan, raw), raw, torch.zeros_like(raw))   # what a raw pruned run returns
+    latent = {"samples": holes, "lipar_plan": plan}
     (out,) = Restore().restore(latent)
-    assert out.keys() == {"samples"} and latent.keys() == {"samples", "lipar_plan", "lipar_restore_pending"}
+    assert out.keys() == {"samples"} and latent.keys() == {"samples", "lipar_plan"}
     assert torch.equal(out["samples"], lipar.restore_latent(holes, plan))
     assert (out["samples"] != 0).all()
     with pytest.raises(ValueError, match="made for a latent of shape"):
@@ -541,3 +593,80 @@ def test_loader_reads_the_official_layout(tmp_path):
     assert e.type is ValueError
     with pytest.raises(RuntimeError, match="inside ComfyUI"):
         Loader().load("self_forcing_dmd.pt", "default")
+
+
+def test_sampler_validates_steps_at_queue_time():
+    assert Sampler.VALIDATE_INPUTS(steps="400,350,250") is True and Sampler.VALIDATE_INPUTS(steps="") is True
+    assert Sampler.VALIDATE_INPUTS(steps=None) is True         # linked from another node: checked when it runs
+    for bad in ("inf", "400,,250", "400.9,350.2", "250,400"):
+        msg = Sampler.VALIDATE_INPUTS(steps=bad)
+        assert isinstance(msg, str) and "400,350,250" in msg, (bad, msg)
+
+
+def test_sampler_window_inputs_roll_the_cache_for_long_videos(wan, positive):
+    """A video longer than the window: the run says so; the default window leaves shorter
+    videos exactly as a run without a window."""
+    long = denormalize_wan21(make_clip(ClipSpec(latent_frames=10, height=8, width=12, seed=2)))
+    a = sample(FakePatcher(wan), positive, {"samples": long}, window_frames=6, sink_frames=3)
+    (info,) = a["ui"]["lipar_sampler"]
+    assert info["window_rolls"] and "KV window 6 frames with a 3-frame sink" in info["note"]
+    b = sample(FakePatcher(wan), positive, {"samples": long}, window_frames=0, sink_frames=0)
+    assert not torch.allclose(a["result"][0]["samples"], b["result"][0]["samples"])
+    c = sample(FakePatcher(wan), positive, {"samples": long})       # default: 21 frames, no roll
+    assert torch.equal(c["result"][0]["samples"], b["result"][0]["samples"])
+    assert not c["ui"]["lipar_sampler"][0]["window_rolls"]
+
+
+def test_sampler_sends_a_latent_preview_per_chunk(wan, positive, raw, monkeypatch):
+    """ComfyUI's own previewer (latent_preview.get_previewer for the model's latent format) gets
+    each finished chunk's last frame, and its images go out with the progress bar."""
+    sent, decoded = [], []
+
+    class Previewer:
+        def decode_latent_to_preview_image(self, fmt, x0):
+            decoded.append(x0.clone())
+            return (fmt, f"image {len(decoded)}", 512)
+
+    lp = types.ModuleType("latent_preview")
+    lp.get_previewer = lambda device, latent_format: Previewer() if latent_format == "wan21" else None
+
+    class ProgressBar:
+        def __init__(self, total):
+            pass
+
+        def update_absolute(self, value, total=None, preview=None):
+            if preview is not None:
+                sent.append((value, preview))
+
+    utils = types.ModuleType("comfy.utils")
+    utils.ProgressBar = ProgressBar
+    monkeypatch.setitem(sys.modules, "latent_preview", lp)
+    monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))
+    monkeypatch.setitem(sys.modules, "comfy.utils", utils)
+    model = FakePatcher(wan)
+    model.model.latent_format = "wan21"
+    sample(model, positive, {"samples": raw})
+    assert len(decoded) == 2 and all(x.shape == (1, 16, 1, 8, 12) for x in decoded)   # one per chunk
+    assert [p for _, p in sent] == [("JPEG", "image 1", 512), ("JPEG", "image 2", 512)]
+    z = lipar.sample(wan, positive[0][0], normalize_wan21(raw.float()), config=lipar.SamplerConfig(seed=2)).latent
+    assert torch.allclose(decoded[1], z[:, :, 5:6], atol=1e-5)                     # the last frame, model space
+
+
+def test_graphs_are_released_when_comfyui_needs_the_memory(monkeypatch):
+    from nodes.host import keep_graphs
+
+    class VRAMState:
+        HIGH_VRAM, NORMAL_VRAM, LOW_VRAM = 1, 2, 3
+
+    mm = types.ModuleType("comfy.model_management")
+    mm.VRAMState = VRAMState
+    monkeypatch.setitem(sys.modules, "comfy", types.ModuleType("comfy"))
+    monkeypatch.setitem(sys.modules, "comfy.model_management", mm)
+    model = FakePatcher(torch.nn.Linear(2, 2))
+    cuda = torch.device("cuda")
+    for state, free, lowvram, keep in ((2, 100, False, True), (2, 19, False, False), (3, 100, False, False),
+                                       (1, 100, True, False)):
+        mm.vram_state, mm.get_free_memory = state, (lambda device, free=free: free)
+        model.model.model_lowvram = lowvram
+        assert keep_graphs(model, cuda, 10) is keep, (state, free, lowvram)
+    assert keep_graphs(model, torch.device("cpu"), 10)

@@ -41,7 +41,7 @@ PUBLIC_WIDGETS = {
     "LIPAR_LatentInterFramePruner": ["threshold", "anchor_threshold", "chunk_frames", "trim_outliers", "smooth",
                                      "open_pruned", "dilate_kept"],
     "LIPAR_AttentionRecoveryPatch": ["recovery", "recovery_form", "attention_backend"],
-    "LIPAR_SelfForcingSampler": ["seed", "steps", "shift", "chunk_frames", "mode"],
+    "LIPAR_SelfForcingSampler": ["seed", "steps", "shift", "chunk_frames", "mode", "window_frames", "sink_frames"],
     "LIPAR_TokenRestore": [],
     "LIPAR_SelfForcingCheckpointLoader": ["ckpt_name", "weight_dtype"],
 }
@@ -256,3 +256,16 @@ def test_web_extension_is_a_valid_es_module():
         pytest.skip("node is not installed; syntax of web/lipar.js not checked")
     r = subprocess.run([node, "--experimental-default-type=module", "--check", path], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+SAVED = os.path.join(ROOT, "tests", "data", "saved_workflows")
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(SAVED)))
+def test_workflows_saved_by_earlier_versions_still_validate(defs, name):
+    """Users' saved workflows keep working: the example workflows as shipped by an earlier
+    version (before inputs were appended) still match the node definitions."""
+    with open(os.path.join(SAVED, name)) as f:
+        wf = json.load(f)
+    errs = wc.check_ui(wf, defs) if "nodes" in wf else wc.check_api(wf, defs)
+    assert not errs, "\n".join(errs)

@@ -152,6 +152,8 @@ def split_widget_values(d: NodeDef, values: list) -> tuple[dict[str, Any], list[
     errs, out, i = [], {}, 0
     for w in d.widgets:
         if i >= len(values):
+            if not w.required and all(not x.required for x in d.widgets[d.widgets.index(w):]):
+                return out, errs    # a workflow saved before optional widgets were appended: defaults apply
             errs.append(f"{d.name}: widgets_values has {len(values)} values; missing {w.name!r}")
             return out, errs
         out[w.name] = values[i]
