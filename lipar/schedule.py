@@ -8,6 +8,10 @@ A nominal step ``t`` in [0, 1000] maps to ``u = t / 1000`` and then through the 
 
 from __future__ import annotations
 
+import math
+import numbers
+import re
+from collections.abc import Iterable
 from typing import Sequence
 
 from lipar.errors import LiparError
@@ -26,22 +30,55 @@ def sigmas(steps: Sequence[float], shift: float = 5.0) -> list[float]:
     return [warp(float(s), shift) for s in steps]
 
 
+STEPS_EXAMPLE = "'400,350,250' for editing or '1000,750,500,250' for generation"
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
 def parse_steps(steps: str | Sequence[int]) -> tuple[int, ...]:
-    """'400,350,250' or a sequence -> strictly decreasing ints in (0, 1000]."""
-    if isinstance(steps, str):
-        try:
-            vals = tuple(int(float(p)) for p in steps.replace(" ", "").split(",") if p)
-        except ValueError:
-            raise LiparError(f"Steps must be comma-separated numbers like '400,350,250'; got {steps!r}.") from None
-    else:
-        vals = tuple(int(s) for s in steps)
+    """'400,350,250' or a sequence of ints -> strictly decreasing ints in (0, 1000].
+
+    Text must be a plain comma-separated list of integers (spaces around items are fine);
+    anything else (empty items, decimals, 'inf', words) raises LiparError.
+    """
+    vals = _steps_from_text(steps) if isinstance(steps, str) else _steps_from_sequence(steps)
     if not vals:
-        raise LiparError("Give at least one denoising step, e.g. '400,350,250'.")
+        raise LiparError(f"Give at least one denoising step, e.g. {STEPS_EXAMPLE}.")
     if any(not (0 < v <= 1000) for v in vals):
-        raise LiparError(f"Steps must lie in (0, 1000]; got {list(vals)}.")
+        raise LiparError(f"Steps must lie in (0, 1000]; got {list(vals)}. Use e.g. {STEPS_EXAMPLE}.")
     if any(a <= b for a, b in zip(vals, vals[1:])):
-        raise LiparError(f"Steps must be strictly decreasing, e.g. 1000,750,500,250; got {list(vals)}.")
+        raise LiparError(f"Steps must be strictly decreasing; got {list(vals)}. Use e.g. {STEPS_EXAMPLE}.")
     return vals
+
+
+def _steps_from_text(text: str) -> tuple[int, ...]:
+    if not text.strip():
+        return ()
+    items = [item.strip() for item in text.split(",")]
+    bad = [item for item in items if not _INT_TEXT.fullmatch(item)]
+    if bad:
+        if "" in bad:
+            what = f"{text!r} has an empty item"
+        else:
+            what = f"{bad[0]!r} is not a whole number" + (f" (in {text!r})" if bad[0] != text.strip() else "")
+        raise LiparError(f"Steps must be comma-separated whole numbers like {STEPS_EXAMPLE}; {what}.")
+    return tuple(int(item) for item in items)
+
+
+def _steps_from_sequence(steps: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(steps, (bytes, bytearray)) or not isinstance(steps, Iterable):
+        raise LiparError(f"Steps must be text (e.g. {STEPS_EXAMPLE}) or a sequence of ints; "
+                         f"got {type(steps).__name__}.")
+    return tuple(_step_int(s) for s in steps)
+
+
+def _step_int(value: object) -> int:
+    """One step of a sequence: an int (not a bool), or a float with no fractional part."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) \
+            and float(value).is_integer():
+        return int(value)
+    raise LiparError(f"Each step must be a whole number; got {value!r}. Use e.g. {STEPS_EXAMPLE}.")
 
 
 def check_shift(shift: float) -> float:

@@ -1,5 +1,6 @@
 import pytest
 
+from lipar.errors import LiparError
 from lipar.schedule import EDITING_STEPS, GENERATION_STEPS, parse_steps, sigmas, warp
 
 
@@ -16,3 +17,25 @@ def test_parse_steps():
     for bad in ("", "400,400", "abc", "1001"):
         with pytest.raises(ValueError):
             parse_steps(bad)
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "400,,250", "400,350,", ",400", "400.9,350.2", "400.0", "4e2",
+                                  "400 350", "400;350", "0x190", "0", "-5", "1000,0", "1e309", "   "])
+def test_parse_steps_rejects_anything_but_clean_integer_lists(text):
+    with pytest.raises(LiparError) as e:
+        parse_steps(text)
+    msg = str(e.value)
+    assert "'400,350,250'" in msg and "'1000,750,500,250'" in msg, msg   # shows valid examples
+
+
+def test_parse_steps_accepts_spaces_and_integer_sequences():
+    assert parse_steps(" 1000 , 750,500 ,250 ") == GENERATION_STEPS
+    assert parse_steps([400, 350, 250]) == EDITING_STEPS
+    assert parse_steps((400.0, 350.0)) == (400, 350)          # integral floats are whole numbers
+    assert all(type(v) is int for v in parse_steps((400.0, 350.0)))
+
+
+@pytest.mark.parametrize("seq", [[400.5, 350], [True], [float("inf")], [float("nan")], ["400"], 400, b"400", [None]])
+def test_parse_steps_rejects_non_integral_sequences(seq):
+    with pytest.raises(LiparError, match="400,350,250"):
+        parse_steps(seq)
