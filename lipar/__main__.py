@@ -144,7 +144,8 @@ def _bench_options(a: argparse.Namespace) -> BenchOptions:
                         steps=a.steps, mode=a.mode, clip=a.clip, model=a.model, dtype=a.dtype, compare=a.compare,
                         forms=a.forms, threshold=a.threshold, anchor_threshold=a.anchor_threshold,
                         target_prune=a.target_prune, repeat=a.repeat, seed=a.seed, backend=a.backend,
-                        graphs=a.graphs, modes=a.modes, bias_mode=a.bias_mode)
+                        graphs=a.graphs, modes=a.modes, bias_mode=a.bias_mode, window_frames=a.window_frames,
+                        sink_frames=a.sink_frames)
 
 
 def _bench(a: argparse.Namespace) -> int:
@@ -237,6 +238,10 @@ def _add_bench(sub) -> None:
                                                                           "(auto: on for CUDA)")
     b.add_argument("--bias-mode", default="auto", choices=list(BIAS_MODES),
                    help="how compressed recovery's multiplicities reach the attention kernel")
+    b.add_argument("--window-frames", type=int, default=21, help="KV cache / attention window in latent frames "
+                   "(Self-Forcing's local_attn_size; 0: no limit): videos longer than it roll the cache")
+    b.add_argument("--sink-frames", type=int, default=3, help="first latent frames kept for the whole video once "
+                   "the window rolls (attention sink)")
     b.add_argument("--compare", action="store_true", help="also time pruned sampling in each recovery mode/form "
                                                           "and compare its output with the baseline")
     _add_compare_args(b)

@@ -79,6 +79,8 @@ class BenchOptions:
     graphs: str = "auto"       # auto | on | off
     bias_mode: str = "auto"    # auto | split | mask | fold
     modes: str | None = None
+    window_frames: int = 21    # KV window in latent frames (0: no limit); the sampler's default
+    sink_frames: int = 3
 
     def validate(self) -> "BenchSetup":
         """Check every option and resolve defaults; raises LiparError naming the problem and the fix.
@@ -191,7 +193,8 @@ def _sampler_config(o: BenchOptions, device: torch.device, dtype: torch.dtype) -
         resolve_bias_mode(o.bias_mode, backend, device)
     steps = parse_steps(o.steps) if o.steps is not None else None
     return SamplerConfig(mode=o.mode, steps=steps, seed=o.seed, backend=o.backend, dtype=dtype,
-                         cuda_graphs=graphs, bias_mode=o.bias_mode).validate()
+                         cuda_graphs=graphs, bias_mode=o.bias_mode, window_frames=o.window_frames,
+                         sink_frames=o.sink_frames).validate()
 
 
 def _with_compare_defaults(o: BenchOptions) -> BenchOptions:
@@ -597,6 +600,9 @@ def run_bench(o: BenchOptions | BenchSetup, progress: BenchProgress | None = Non
         "cuda_graphs": base_res.info["cuda_graphs"],
         "cold_seconds": round(cold.seconds, 5),
         "capture_seconds": cold.info["capture_seconds"],
+        "window_frames": scfg.window_frames, "sink_frames": scfg.sink_frames,
+        "kv_cache_bytes": base_res.info["kv_cache_bytes"],
+        "chunk_seconds": base_res.info["chunk_seconds"],
     }
     if plan is None:
         return result
@@ -635,6 +641,7 @@ def run_bench(o: BenchOptions | BenchSetup, progress: BenchProgress | None = Non
             "plan_restore_overhead_pct": round(100 * (plan_s + restore_s) / sec, 3),
             "psnr_db": _round(_psnr(out, ref), 3), "rel_l2": _round(_rel(out, ref), 6),
             "rel_l2_kept": _round(_rel(out, ref, keep_px), 6),
+            "kv_cache_bytes": res.info["kv_cache_bytes"], "chunk_seconds": res.info["chunk_seconds"],
         }
     result["modes"] = modes
     return result

@@ -206,3 +206,20 @@ def test_bench_help_explains_random_weights_and_shows_examples(capsys):
     assert "python -m lipar bench --config tiny --frames 21 --height 240 --width 416 --compare" in text
     assert "--target-prune 0.338 --json" in text
     assert "(default: 0.15)" in text and "(default: 3)" in text
+
+
+def test_bench_refuses_a_window_too_small_for_its_chunk_before_any_work(capsys, no_work):
+    _error(capsys, ["bench", *SMALL, "--window-frames", "4"])               # before any work
+    capsys.readouterr()
+
+
+def test_bench_reports_kv_cache_bytes_and_chunk_seconds(capsys):
+    args = ["bench", "--config", "tiny", "--frames", "45", "--height", "32", "--width", "48", "--repeat", "1", "--json"]
+    sizes = {}
+    for window in ("6", "0"):
+        assert main(args + ["--window-frames", window]) == 0
+        res = _strict_json(capsys.readouterr().out)
+        assert len(res["chunk_seconds"]) == 4 and all(s > 0 for s in res["chunk_seconds"])
+        sizes[window] = res["kv_cache_bytes"]
+    per_frame = 2 * lipar.TINY.num_layers * 6 * lipar.TINY.dim * 4         # k and v, 6 tokens a frame, float32
+    assert sizes == {"6": 6 * per_frame, "0": 12 * per_frame}
