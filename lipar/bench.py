@@ -554,7 +554,8 @@ def run_bench(o: BenchOptions | BenchSetup, progress: BenchProgress | None = Non
     progress = progress or BenchProgress()
     device, dtype, scfg = s.device, s.dtype, s.sampler
     t, h, w = s.latent_dims
-    latent = make_clip(ClipSpec(kind=o.clip, latent_frames=t, height=h, width=w, seed=o.seed)).to(device)
+    # the source stays in host memory, as ComfyUI keeps latents: the sampler moves each chunk to the device
+    latent = make_clip(ClipSpec(kind=o.clip, latent_frames=t, height=h, width=w, seed=o.seed))
     plan = _make_plan(s, latent)        # before the model: an unreachable --target-prune fails at once
     model, weights = _build_model(s, progress)
     cfg_model = model.config

@@ -174,12 +174,14 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     spans = chunk_spans(t, config.chunk_frames)
     cache_passes = len(spans) if config.cache_last_chunk else len(spans) - 1
     total = b * (len(spans) * len(steps) + cache_passes)
-    # All noise up front from a seeded CPU generator: the same seed gives the same video on any device.
+    # All noise up front from a seeded CPU generator: the same seed gives the same video on any
+    # device. Noise, source and output stay on the host (pinned for CUDA); each chunk's slices
+    # move to the device as it runs, so device memory does not grow with the video's length.
     gen = torch.Generator().manual_seed(int(config.seed))
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    noise = torch.randn((len(steps), b, c, t, h, w), generator=gen).to(device, state_dtype)
-    src = latent.to(device, state_dtype)
-    out = torch.zeros_like(src)
+    noise = _host(torch.randn((len(steps), b, c, t, h, w), generator=gen).to(state_dtype), device)
+    src = _host(latent.detach().to("cpu", state_dtype), device)
+    out = _host(torch.zeros_like(src), device)
 
     progress = _Progress(on_pass, total)
     clock = _ChunkClock(device)
@@ -192,8 +194,8 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             ctx = context[bi:bi + 1] if context.shape[0] == b else context
             sample_plan = plan.select(bi) if plan is not None else None
             chunk_done = None if on_chunk is None else (lambda ci, x0, bi=bi: on_chunk(bi, ci, x0))
-            out[bi:bi + 1], ok = _sample_one(runner, ctx, src[bi:bi + 1], noise[:, bi:bi + 1], sample_plan, config,
-                                             sig, cache_passes, progress.at_sample(bi), clock, chunk_done)
+            ok = _sample_one(runner, ctx, src[bi:bi + 1], noise[:, bi:bi + 1], out[bi:bi + 1], sample_plan, config,
+                             sig, cache_passes, progress.at_sample(bi), clock, chunk_done)
             finite.append(ok)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -203,7 +205,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     seconds = time.perf_counter() - start
     _check_finite(torch.stack(finite), spans, dtype)
     if plan is not None:
-        out = torch.where(plan.pixel_mask().to(device), out, torch.zeros_like(out))
+        out = torch.where(plan.pixel_mask().to(out.device), out, torch.zeros_like(out))
     hw = (h // 2) * (w // 2)
     tokens_full = b * sum(n * hw * (len(steps) + (i < cache_passes)) for i, (_, n) in enumerate(spans))
     info = {"steps": list(steps), "sigmas": sig, "chunks": len(spans), "dtype": str(dtype).replace("torch.", ""),
@@ -217,7 +219,12 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             "kv_cache_bytes": kv_cache_bytes, "chunk_seconds": clock.seconds()}
     if plan is not None:
         info.update(plan.stats())
-    return SampleResult(out.to(latent.dtype), seconds, total, progress.tokens, tokens_full, info, plan)
+    return SampleResult(out.to(latent.device, latent.dtype), seconds, total, progress.tokens, tokens_full, info, plan)
+
+
+def _host(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` in host memory that ``device`` copies from and to without blocking (pinned for CUDA)."""
+    return x.pin_memory() if device.type == "cuda" else x
 
 
 def _triton_available() -> bool:
@@ -287,13 +294,13 @@ class _Progress:
         self.tokens += tokens
 
 
-def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noise: torch.Tensor,
+def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noise: torch.Tensor, out: torch.Tensor,
                 plan: PruningPlan | None, config: SamplerConfig, sig: list[float], cache_passes: int,
                 progress: _Progress, clock: _ChunkClock,
-                on_chunk: Callable[[int, torch.Tensor], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one video. src [1, C, T, H, W]; noise [steps, 1, C, T, H, W] -> (x0 [1, C, T, H, W],
-    finite [chunks] bool on the device: whether each chunk's output is all finite)."""
-    device = src.device
+                on_chunk: Callable[[int, torch.Tensor], None] | None) -> torch.Tensor:
+    """Sample one video into ``out``. src, out [1, C, T, H, W] and noise [steps, 1, C, T, H, W] in host
+    memory. Returns finite [chunks] bool on the device: whether each chunk's output is all finite."""
+    device = runner.device
     layouts = build_layouts(tuple(src.shape), runner.cfg, config.chunk_frames, plan=plan, mode=config.recovery,
                             form=config.recovery_form, window=config.window, device=device, dtype=src.dtype)
     runner.plan_buckets(layouts)
@@ -303,25 +310,25 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
                           folded=runner.fold_bias and any(lay.key_bias is not None for lay in layouts),
                           scratch=max(lay.key_len for lay in layouts) if any(lay.num_dups for lay in layouts) else 0)
     runner.encode_text(context)
-    out = torch.zeros_like(src)
     n_steps, n_chunks = len(sig), len(layouts)
     finite = torch.ones(n_chunks, dtype=torch.bool, device=device)
     for lay in layouts:
         clock.mark()
         runner.begin_chunk(lay)
         sl = slice(lay.frame_start, lay.frame_start + lay.frames)
-        x = noise[0, :, :, sl]
+        eps = noise[:, :, :, sl].to(device, non_blocking=True)            # [steps, 1, C, F, H, W]
+        x = eps[0]
         if config.mode == "edit":   # SDEdit: the source noised to the first step
-            x = (1.0 - sig[0]) * src[:, :, sl] + sig[0] * x
+            x = (1.0 - sig[0]) * src[:, :, sl].to(device, non_blocking=True) + sig[0] * x
         x0 = x
         for i, s in enumerate(sig):
             progress.before(lay.index, n_chunks, i, n_steps)
             v = runner.forward_chunk(x, torch.full((1, 1), s * 1000.0, device=device), lay).to(src.dtype)
             x0 = x - s * v
             if i + 1 < n_steps:      # re-noise with fresh noise to the next step
-                x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * noise[i + 1, :, :, sl]
+                x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * eps[i + 1]
             progress.after(lay.num_kept)
-        out[:, :, sl] = x0
+        out[:, :, sl].copy_(x0, non_blocking=True)
         finite[lay.index] = torch.isfinite(x0).all()      # stays on the device: no sync per chunk
         if on_chunk is not None:
             on_chunk(lay.index, x0)
@@ -330,4 +337,4 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
             runner.forward_chunk(x0, torch.zeros((1, 1), device=device), lay)
             progress.after(lay.num_kept)
         clock.mark()
-    return out, finite
+    return finite
