@@ -96,6 +96,11 @@ def test_workflow_templates_and_web_extension_are_served(server):
         served = json.loads(served) if isinstance(served, (bytes, str)) else served
         with open(os.path.join(ROOT, "workflows", f"{name}.json")) as f:
             assert served == json.load(f)
+        # the thumbnail the template browser (frontend 1.35.9) asks for: <name>.jpg next to the json
+        thumb, status = server.request("GET", f"/api/workflow_templates/{PACK_LINK_NAME}/{name}.jpg")
+        assert status == 200 and thumb[:3] == b"\xff\xd8\xff", (name, status, thumb[:16])
+        with open(os.path.join(ROOT, "workflows", f"{name}.jpg"), "rb") as f:
+            assert thumb == f.read()
     js, status = server.request("GET", f"/extensions/{PACK_LINK_NAME}/lipar.js")
     assert status == 200
     with open(os.path.join(ROOT, "web", "lipar.js"), "rb") as f:
