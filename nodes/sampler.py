@@ -198,6 +198,10 @@ class SelfForcingSampler:
             "steps": list(ri.get("steps", [])),
             "note": run_note(result.plan, patch_options, mode, ri),
         }
+        info["details"] = {"ran": f"{info['path']}, {info['kernels']} kernels, {info['backend']} attention",
+                           "KV window": (f"{info['window_frames']} frames, sink {info['sink_frames']}"
+                                         + (" (rolled)" if info["window_rolls"] else "")
+                                         if info["window_frames"] else "unbounded")}
         share = info["tokens_computed"] / max(1, info["tokens_full"])
         fps = f"{info['fps']:.2f} FPS" if info["fps"] is not None else "n/a FPS"
         pruned = f", {info['prune_ratio'] * 100:.1f}% pruned" if plan is not None else ""

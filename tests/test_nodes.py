@@ -397,6 +397,8 @@ def test_sampler_unpruned_equals_lipar_and_reports(wan, positive, raw, clip):
     assert info["passes"] == 2 * 3 + 1 and info["tokens_computed"] == info["tokens_full"]
     assert info["seconds"] > 0 and info["fps"] == pytest.approx(21 / info["seconds"], rel=0.01)
     assert "unpruned" in info["note"]
+    assert info["details"] == {"ran": "eager (CUDA graphs need a CUDA device; this run is on cpu), pytorch kernels, "
+                                      "sdpa attention", "KV window": "21 frames, sink 3"}
     # the same seed gives the same latent, another seed another one
     again = sample(model, positive, latent)["result"][0]["samples"]
     other = sample(model, positive, latent, seed=3)["result"][0]["samples"]
