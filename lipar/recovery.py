@@ -60,7 +60,7 @@ previous arrangement) to ``[gather_dst, ...)``: ``[own biased | biased | plain |
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -93,9 +93,10 @@ class ChunkLayout:
     num_kept: int                         # Nk
     kept_idx: torch.Tensor | None         # [Nk] flat index into the chunk's F*Hp*Wp grid; None = all
     token_frame: torch.Tensor             # [Nk] local frame of each kept token
-    rope: torch.Tensor                    # [Nk, D/2] complex RoPE rotations of kept tokens
+    positions: torch.Tensor               # [Nk, 3] absolute (frame, row, col) of each kept token
+    rope_spec: tuple[WanConfig, torch.dtype]  # what the RoPE tables are made with (config, real dtype)
     dup_src: torch.Tensor | None = None   # [Nd] key-buffer index of each duplicate's stand-in
-    dup_rope: torch.Tensor | None = None  # [Nd, D/2] complex frame-axis rotation of the duplicate
+    dup_shift: torch.Tensor | None = None # [Nd] frames from each duplicate's stand-in to its own position
     key_bias: torch.Tensor | None = None  # [key_len] log-multiplicity per key (compressed form)
     key_start: int = 0                    # first cache slot of the keys this chunk attends to
     num_biased: int = 0                   # keys at the start of that range that may carry a bias
@@ -104,6 +105,31 @@ class ChunkLayout:
     own_biased_in_plain: bool = False     # those are also written after the plain ones (in range)
     gather_src: torch.Tensor | None = None  # [Nv] slots the chunk's visible tokens move from (window)
     gather_dst: int = 0                   # ... to [gather_dst, gather_dst + Nv), before the passes
+    gather_down: bool = False             # no token moves to a higher slot (pieces can be moved in order)
+    _tables: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def rope(self) -> torch.Tensor:
+        """[Nk, D/2] complex RoPE rotations of the kept tokens: made when the chunk first needs
+        them and dropped by ``drop_tables`` when it is done, so a long video's layouts hold only
+        positions (a table is ~2.4 MB for a full 832x480 chunk)."""
+        if "rope" not in self._tables:
+            cfg, dtype = self.rope_spec
+            self._tables["rope"] = rope_table(rope_angles(self.positions, cfg), dtype)
+        return self._tables["rope"]
+
+    @property
+    def dup_rope(self) -> torch.Tensor | None:
+        """[Nd, D/2] complex frame-axis rotation of each duplicate (exact form), made on demand."""
+        if self.dup_shift is None:
+            return None
+        if "dup_rope" not in self._tables:
+            cfg, dtype = self.rope_spec
+            self._tables["dup_rope"] = rope_table(frame_shift_angles(self.dup_shift, cfg), dtype)
+        return self._tables["dup_rope"]
+
+    def drop_tables(self) -> None:
+        self._tables.clear()
 
     @property
     def num_dups(self) -> int:
@@ -192,19 +218,18 @@ def _layout(g: _Grid, cfg: WanConfig, c: int, span: tuple[int, int], grid: tuple
     f0, n = span
     g0, g1 = f0 * g.hw, (f0 + n) * g.hw
     local = torch.arange(g1 - g0, device=g.keep.device) if kept_idx is None else kept_idx
-    rope = rope_table(rope_angles(g.pos[g0:g1][local], cfg), dtype)
-    return ChunkLayout(c, f0, n, grid, num_kept=int(local.numel()), kept_idx=kept_idx,
-                       token_frame=local // g.hw, rope=rope, **fields)
+    return ChunkLayout(c, f0, n, grid, num_kept=int(local.numel()), kept_idx=kept_idx, token_frame=local // g.hw,
+                       positions=g.pos[g0:g1][local], rope_spec=(cfg, dtype), **fields)
 
 
-def _recovery(lay: ChunkLayout, g: _Grid, cfg: WanConfig, pruned: torch.Tensor, stand_tok: torch.Tensor,
+def _recovery(lay: ChunkLayout, g: _Grid, pruned: torch.Tensor, stand_tok: torch.Tensor,
               slot_of: torch.Tensor, form: str, dtype) -> None:
     """Fill the layout's duplicates (exact) or key bias (compressed) for the given pruned tokens
     and their stand-ins, whose slots in the chunk's arrangement are ``slot_of[stand_tok]``."""
     stand_slot = slot_of[stand_tok]
     if form == "exact":
         lay.dup_src = stand_slot
-        lay.dup_rope = rope_table(frame_shift_angles(pruned // g.hw - stand_tok // g.hw, cfg), dtype)
+        lay.dup_shift = pruned // g.hw - stand_tok // g.hw
     elif pruned.numel():   # no pruned token visible (e.g. chunk 0): plain attention
         m = torch.bincount(stand_slot - lay.key_start, minlength=lay.key_len)
         lay.key_bias = torch.log1p(m.to(dtype))
@@ -254,7 +279,7 @@ def _fixed_layouts(g: _Grid, spans, cfg, grid, mode, form, unpruned: bool, dtype
         biased_before += n_biased[c]
         plain_before += n_plain[c]
         if mode != "none":
-            _recovery(lay, g, cfg, *stands[c], slot, form, dtype)
+            _recovery(lay, g, *stands[c], slot, form, dtype)
         layouts.append(lay)
     return layouts
 
@@ -295,27 +320,37 @@ def _windowed_layouts(g: _Grid, spans, cfg, grid, mode, form, window: KVWindow, 
         lay = _layout(g, cfg, c, (f0, n), grid, kept_idx if mode != "none" or kept_idx.numel() < n * hw else None,
                       dtype, cache_len=dst + vis_order.numel(), key_start=0, num_biased=n_own_biased + n_vis_biased,
                       num_own_biased=n_own_biased, own_biased_slot=0,
-                      gather_src=None if identity else src, gather_dst=dst)
+                      gather_src=None if identity else src, gather_dst=dst,
+                      gather_down=bool((src >= torch.arange(dst, dst + src.numel(), device=device)).all()))
         slot_of[vis_order] = torch.arange(dst, dst + vis_order.numel(), device=device)
         own_tok = g0 + kept_idx
         slot_of[own_tok[:lay.own_len]] = torch.arange(lay.cache_len, lay.cache_len + lay.own_len, device=device)
         if n_own_biased:
             slot_of[own_tok[lay.own_len:]] = torch.arange(n_own_biased, device=device)
         if mode != "none":
-            _recovery(lay, g, cfg, pruned, stand_tok, slot_of, form, dtype)
+            _recovery(lay, g, pruned, stand_tok, slot_of, form, dtype)
         layouts.append(lay)
     return layouts
+
+
+MOVE_PIECE = 4096   # tokens moved per copy when pieces are safe: a 12.6 MB temporary for 12 x 128 bf16
 
 
 def move_visible(kb: torch.Tensor, vb: torch.Tensor, lay: ChunkLayout) -> None:
     """Before a chunk's passes, when its KV window has moved (``lay.gather_src``): gather the
     tokens it still sees from their slots to ``[gather_dst, ...)`` in one layer's cache
-    kb, vb [B, capacity, H, W]. The temporary is that layer's visible keys (or values)."""
-    if lay.gather_src is None:
+    kb, vb [B, capacity, H, W]. When no token moves up (``gather_down``, e.g. an unpruned window
+    rolling), pieces copied in order never overwrite a slot a later piece reads, so the
+    temporary is one piece; otherwise it is the layer's visible keys (or values)."""
+    src = lay.gather_src
+    if src is None:
         return
-    dst = slice(lay.gather_dst, lay.gather_dst + lay.gather_src.numel())
-    for buf in (kb, vb):
-        buf[:, dst] = buf.index_select(1, lay.gather_src)
+    step = MOVE_PIECE if lay.gather_down else src.numel()
+    for a in range(0, src.numel(), step):
+        piece = src[a:a + step]
+        dst = slice(lay.gather_dst + a, lay.gather_dst + a + piece.numel())
+        for buf in (kb, vb):
+            buf[:, dst] = buf.index_select(1, piece)
 
 
 def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

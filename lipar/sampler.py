@@ -336,5 +336,6 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
             progress.before(lay.index, n_chunks, n_steps, n_steps)
             runner.forward_chunk(x0, torch.zeros((1, 1), device=device), lay)
             progress.after(lay.num_kept)
+        lay.drop_tables()
         clock.mark()
     return finite

@@ -210,7 +210,9 @@ def test_graph_runs_follow_weights_swapped_as_comfyui_does(pruned):
     """ComfyUI's ModelPatcher applies a LoRA by putting new Parameters into the module
     (``comfy.utils.set_attr_param``) and undoes it the same way. A graph run after the swap
     must compute with the new weights (it once replayed graphs holding the old addresses and
-    returned the first run's video bit for bit), and after the swap back with the old ones."""
+    returned the first run's video bit for bit), and after the swap back with the old ones.
+    Tolerance: the graph-vs-eager difference of the unchanged model (bf16 rounding of the same
+    computation), which the swap's effect must dwarf."""
     clip = make_clip(ClipSpec(latent_frames=6, height=32, width=48, objects=2, object_size=0.3)).cuda()
     ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(1)).cuda()
     model = lipar.build_model(lipar.TINY, seed=4, dtype=torch.bfloat16, device="cuda")
@@ -219,24 +221,23 @@ def test_graph_runs_follow_weights_swapped_as_comfyui_does(pruned):
     def run(graphs):
         return lipar.sample(model, ctx, clip, plan=plan, config=lipar.SamplerConfig(seed=2, cuda_graphs=graphs)).latent
 
-    first = run(True)
-    blk = model.blocks[1]
-    names = ("self_attn.q.weight", "self_attn.k.weight", "self_attn.v.weight", "self_attn.o.weight",
-             "ffn.0.weight", "ffn.2.weight")
+    first, first_eager = run(True), run(False)
+    floor = max(_rel(first, first_eager), 1e-4)
     backup = {}
     g = torch.Generator(device="cuda").manual_seed(7)
-    for name in names:
-        mod, leaf = blk.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
-        w = getattr(mod, leaf)
-        backup[name] = w
-        delta = 0.5 * w.std() * torch.randn(w.shape, device="cuda", generator=g, dtype=w.dtype)
-        setattr(mod, leaf, torch.nn.Parameter(w.data + delta, requires_grad=False))
+    for blk in model.blocks:
+        for name in ("self_attn.q.weight", "self_attn.k.weight", "self_attn.v.weight", "self_attn.o.weight",
+                     "ffn.0.weight", "ffn.2.weight"):
+            path, leaf = name.rsplit(".", 1)
+            mod = blk.get_submodule(path)
+            w = getattr(mod, leaf)
+            backup[(mod, leaf)] = w
+            delta = 2.0 * w.std() * torch.randn(w.shape, device="cuda", generator=g, dtype=w.dtype)
+            setattr(mod, leaf, torch.nn.Parameter(w.data + delta, requires_grad=False))
     swapped_graph, swapped_eager = run(True), run(False)
     change = _rel(swapped_eager, first)
-    assert change > 0.05, change
-    assert _rel(swapped_graph, swapped_eager) < 0.05 * change, (_rel(swapped_graph, swapped_eager), change)
-    for name, w in backup.items():
-        mod, leaf = blk.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
+    assert change > 20 * floor, (change, floor)
+    assert _rel(swapped_graph, swapped_eager) < 2 * floor, (_rel(swapped_graph, swapped_eager), floor, change)
+    for (mod, leaf), w in backup.items():
         setattr(mod, leaf, w)
-    back = run(True)
-    assert _rel(back, first) < 0.05 * change
+    assert _rel(run(True), first_eager) < 2 * floor
