@@ -58,6 +58,14 @@ def intermediate_device(default: torch.device | str = "cpu") -> torch.device:
     return torch.device(default)
 
 
+def compute_device() -> torch.device:
+    """ComfyUI's main compute device (its GPU), or the CPU outside ComfyUI."""
+    mm = model_management()
+    if mm is not None and hasattr(mm, "get_torch_device"):
+        return torch.device(mm.get_torch_device())
+    return torch.device("cpu")
+
+
 def throw_if_interrupted() -> None:
     mm = model_management()
     if mm is not None and hasattr(mm, "throw_exception_if_processing_interrupted"):

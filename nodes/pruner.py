@@ -12,14 +12,14 @@ from . import host
 from ._lib import lipar
 from .common import CATEGORY, PLAN_KEY, latent_samples, log, user_errors
 
-PREVIEW_MAX_SIDE = 640   # the in-node animation is downscaled to this; the IMAGE output keeps full size
-VIDEO_FPS = 16.0         # Wan2.1 / Self-Forcing video frame rate
+PREVIEW_MAX_SIDE = 512   # the in-node animation is downscaled to this; the IMAGE output keeps full size
 _DEFAULTS = lipar.PlanConfig()   # widget defaults are the library's measured defaults
-LATENT_FPS = 4.0         # one latent frame stands for 4 video frames
+LATENT_FPS = 4.0         # the in-node animation shows one frame per latent frame (4 video frames)
 
 
 def write_preview(images: torch.Tensor, fps: float) -> dict:
-    """Write ``images`` [N, H, W, 3] as an animated WEBP into the temp directory; return its ui entry."""
+    """Write ``images`` [N, H, W, 3] (any device) as an animated WEBP into the temp directory,
+    downscaled on their device and encoded at Pillow's fastest effort; return its ui entry."""
     h, w = images.shape[1:3]
     scale = PREVIEW_MAX_SIDE / max(h, w)
     if scale < 1.0:
@@ -28,7 +28,7 @@ def write_preview(images: torch.Tensor, fps: float) -> dict:
     folder = host.temp_directory()
     os.makedirs(folder, exist_ok=True)
     filename = f"lipar_mask_{uuid.uuid4().hex[:16]}.webp"
-    lipar.preview.save_animation(images.clamp(0, 1).cpu(), os.path.join(folder, filename), fps=fps)
+    lipar.preview.save_animation(images, os.path.join(folder, filename), fps=fps, effort=0)
     return {"filename": filename, "subfolder": "", "type": "temp"}
 
 
@@ -100,24 +100,25 @@ class LatentInterFramePruner:
         config = lipar.PlanConfig(threshold=float(threshold), anchor_threshold=float(anchor_threshold),
                                   chunk_frames=int(chunk_frames), trim_outliers=float(trim_outliers),
                                   smooth=int(smooth), open_pruned=int(open_pruned), dilate_kept=int(dilate_kept))
+        device = host.compute_device()       # the plan and the previews are made on the GPU when there is one
         with user_errors(), torch.no_grad():
             config.validate()
             lipar.validate.check_latent(samples, what="latent to prune")
-            normalized = lipar.latents.normalize_wan21(samples.float())
+            normalized = lipar.latents.normalize_wan21(samples.to(device, torch.float32))
             plan = lipar.build_plan(normalized, config)
             frames = None
             if images is not None:
                 t, h, w = samples.shape[2:]
-                frames, what = lipar.preview.fit_frames(images, t, h, w)
+                frames, what = lipar.preview.fit_frames(images.to(device), t, h, w)
                 if what:
                     log.warning("pruner preview: %s.", what)
             preview = lipar.preview.mask_preview(plan, frames)
 
         out = dict(latent)
-        out[PLAN_KEY] = plan
+        out[PLAN_KEY] = plan.to("cpu")
         stats = plan_stats(plan)
-        ui_image = write_preview(preview, VIDEO_FPS if frames is not None and preview.shape[0] > plan.frames
-                                 else LATENT_FPS)
+        ui_image = write_preview(lipar.preview.one_frame_per_latent_frame(preview, plan.frames), LATENT_FPS)
+        preview = preview.to(host.intermediate_device())
         log.info("pruner: %.1f%% of tokens pruned (kept %s of %d per sample; %d latent frames, chunks of %d)%s",
                  stats["prune_ratio"] * 100, stats["tokens_kept"], stats["tokens_total"], plan.frames,
                  config.chunk_frames, f" - {stats['note']}" if stats.get("note") else "")

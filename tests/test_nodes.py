@@ -238,6 +238,9 @@ def test_pruner_attaches_plan_and_shows_mask(raw, clip, frames, temp_dir):
     (img,) = ui["images"]
     assert img["subfolder"] == "" and img["type"] == "temp" and img["filename"].endswith(".webp")
     assert os.path.getsize(temp_dir / img["filename"]) > 0
+    from PIL import Image
+    with Image.open(temp_dir / img["filename"]) as anim:      # one frame per latent frame: cheap to encode
+        assert anim.n_frames == 6
     (stats,) = ui["lipar_stats"]
     for key in ("prune_ratio", "prune_ratio_per_frame", "tokens_kept", "tokens_total", "kept_per_chunk"):
         assert key in stats
