@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU real-host tier on the GPU machine, in one command (re-runnable on a fresh machine):
+#
+#   bash tests/realhost_gpu/run.sh [run.py options]        carry: .gpu/comfyui .gpu/wheels .gpu/comfy_overlay
+#
+# Installs the carried wheels (comfy-kitchen, torchsde, trampoline: what ComfyUI 0.8 imports and the
+# machine lacks) into .gpu/site once, puts them on PYTHONPATH and runs tests/realhost_gpu/run.py with
+# the carried ComfyUI tree. The JSON goes to benchmarks/results/realhost_gpu.json (and, when the
+# device tool's $OUT is set, a copy of it and of the log goes to $OUT).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+PY=${PYTHON:-python3}
+SITE=.gpu/site
+
+if [ ! -d .gpu/comfyui ] || [ ! -d .gpu/wheels ]; then
+  echo "run.sh: .gpu/comfyui or .gpu/wheels is missing: run tests/realhost_gpu/prepare.sh where PyPI is reachable" \
+       "and carry .gpu/comfyui .gpu/wheels .gpu/comfy_overlay" >&2
+  exit 2
+fi
+stamp="$(cd .gpu/wheels && ls -1 *.whl | sort | tr '\n' ' ')"
+if [ ! -f "$SITE/.installed" ] || [ "$(cat "$SITE/.installed")" != "$stamp" ]; then
+  rm -rf "$SITE"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .gpu/wheels/*.whl || exit 3
+  echo "$stamp" > "$SITE/.installed"
+fi
+export PYTHONPATH="$ROOT/$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export LIPAR_REALHOST_GPU_COMMAND="bash tests/realhost_gpu/run.sh $*"
+
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/[realhost_gpu] GPU: /'
+out=benchmarks/results/realhost_gpu.json
+log=.gpu/realhost_gpu.log
+mkdir -p .gpu
+"$PY" tests/realhost_gpu/run.py --comfyui .gpu/comfyui --overlay .gpu/comfy_overlay --out "$out" "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+  cp "$log" "$OUT/realhost_gpu.log" 2>/dev/null
+  prev=""
+  for a in "$@"; do
+    case "$a" in --out=*) out="${a#--out=}";; esac
+    [ "$prev" = "--out" ] && out="$a"
+    prev="$a"
+  done
+  [ -f "$out" ] && cp "$out" "$OUT/realhost_gpu.json"
+  tar -C .gpu/work -czf "$OUT/realhost_gpu_logs.tgz" --exclude=models --exclude=artifacts . 2>/dev/null || true
+fi
+exit "$rc"
