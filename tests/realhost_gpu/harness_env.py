@@ -130,6 +130,8 @@ def setup_comfy(spec: dict) -> Comfy:
     fraction = spec.get("memory_fraction")
     if fraction:
         torch.cuda.set_per_process_memory_fraction(float(fraction), 0)
+    if spec.get("emulate_gpu_gib"):
+        emulate_gpu_size(torch, float(spec["emulate_gpu_gib"]))
 
     import comfy.model_management as mm
     import comfy.utils
@@ -174,6 +176,28 @@ def setup_comfy(spec: dict) -> Comfy:
                  pruner=mapping["LIPAR_LatentInterFramePruner"], sampler=sampler_cls,
                  restore=mapping["LIPAR_TokenRestore"], default_options=dict(patch_mod.DEFAULT_OPTIONS),
                  lipar=lipar, pack_module=pack_pkg, comfy_dir=comfy_dir)
+
+
+def emulate_gpu_size(torch, gib: float) -> None:
+    """Make this process see a GPU of ``gib`` GiB: ``torch.cuda.mem_get_info`` (what ComfyUI sizes
+    everything by: total VRAM at import, free memory before loading, VAE batch sizes, and the pack's
+    decision to keep its CUDA graphs) reports that total, and as free memory what is left of it next
+    to what PyTorch's allocator holds. Together with a memory fraction of the same size (which makes
+    the limit real) this is a small card, not a large one with a ``--reserve-vram``: that option is
+    only subtracted in ComfyUI's model-loading arithmetic, while its free-memory readings elsewhere
+    would still show the whole GPU."""
+    cap = int(gib * 2**30)
+    real = torch.cuda.mem_get_info
+
+    def mem_get_info(device=None):
+        free, _ = real(device)
+        held = torch.cuda.memory_reserved(device)
+        return max(0, min(free, cap - held)), cap
+
+    mem_get_info.__lipar_emulated_gib__ = gib
+    torch.cuda.mem_get_info = mem_get_info
+    if hasattr(torch.cuda, "memory") and hasattr(torch.cuda.memory, "mem_get_info"):
+        torch.cuda.memory.mem_get_info = mem_get_info
 
 
 def comfy_version(comfy_dir: str) -> str | None:

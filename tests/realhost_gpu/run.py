@@ -50,9 +50,10 @@ lora (base)              LoraLoaderModelOnly in one process: none, strength 1.0,
 unet_fp8_e4m3fn, unet_fp8_e4m3fn_fast (fp8)   UNETLoader weight_dtype fp8_e4m3fn / fp8_e4m3fn_fast
 unet_scaled_fp8, unet_scaled_fp8_metadata (fp8)   scaled fp8 checkpoints: the legacy ``scaled_fp8``
                          marker + ``scale_weight`` layout, and ``_quantization_metadata``
-lowvram (lowvram)        --lowvram and a --reserve-vram leaving a 2.5 GiB GPU (made real with
-                         torch.cuda.set_per_process_memory_fraction, +1 GiB margin): the model loads
-                         partly, the node reports cuda_graphs False, its result equals the
+lowvram (lowvram)        --lowvram on a 2.5 GiB GPU (torch.cuda.mem_get_info reports a 2.5 GiB card,
+                         what ComfyUI sizes everything by; a memory fraction of 2.5 + 1 GiB margin makes
+                         the limit real; --memory-emulation reserve: --reserve-vram instead): the model
+                         loads partly, the node reports cuda_graphs False, its result equals the
                          normal-VRAM process's eager reference within that run's tolerance
 no_triton (notriton)     Triton hidden from the import system before anything imports it: lipar
                          falls back (bias mode fold/mask, PyTorch RoPE); equal to its own reference and
@@ -66,9 +67,9 @@ cuda_malloc_async (mallocasync)   the allocator ComfyUI's main.py selects (PYTOR
                          backend:cudaMallocAsync): graphs and results as with the native allocator
 memory_unpruned, memory_pruned (memory)   the whole edit graph at 832x480, 81 frames (pruner, sampler,
                          Token Restore where the sampler leaves pruned positions empty, VAELoader +
-                         VAEDecode of a full-width random Wan2.1 VAE) on a GPU
-                         limited to 12 GiB (--reserve-vram = free - 12 GiB and a memory fraction of
-                         12 GiB): completes, decodes 81 finite frames; peak allocated/reserved per stage
+                         VAEDecode of a full-width random Wan2.1 VAE) on a 12 GiB GPU (emulated as
+                         above, fraction 12 GiB, no margin): completes, decodes 81 finite frames; peak
+                         allocated/reserved per stage
 
 Allocator: this tier does not run ComfyUI's main.py, so groups run with PyTorch's native caching
 allocator unless stated: mallocasync and memory set backend:cudaMallocAsync as main.py does
@@ -187,6 +188,10 @@ def main() -> int:
                     "3600 on CPU)")
     ap.add_argument("--rewrite-models", action="store_true")
     ap.add_argument("--memory-allocator", choices=("cudaMallocAsync", "native"), default="cudaMallocAsync")
+    ap.add_argument("--memory-emulation", choices=("device", "reserve"), default="device",
+                    help="how lowvram/memory make a small GPU: 'device' = torch.cuda.mem_get_info reports a card of "
+                         "that size (what ComfyUI sizes everything by); 'reserve' = ComfyUI's --reserve-vram of the "
+                         "rest; both with a memory fraction that makes the limit real")
     ap.add_argument("--min-effect", type=float, default=10.0)
     ap.add_argument("--lora-rho", type=float, default=2.0, help="||LoRA delta|| / ||W|| per target weight")
     ap.add_argument("--emulate-stale-weights", action="store_true", help="debug: see the docstring")
@@ -227,7 +232,8 @@ def main() -> int:
               "sizes": conf["sizes"], "memory_sizes": conf["memory_sizes"], "vae_dim": conf["vae_dim"],
               "steps": "400,350,250", "seed": 7, "text_tokens": 24, "model_seed": 0, "lora_rank": 8,
               "lora_rho": args.lora_rho, "lora_strengths": [1.0, 0.5], "tol_factor": 2.0, "tol_floor": 1e-6,
-              "min_effect": args.min_effect, "stub": ["av"], "emulate_stale_weights": args.emulate_stale_weights}
+              "min_effect": args.min_effect, "stub": ["av"], "emulate_stale_weights": args.emulate_stale_weights,
+              "memory_emulation": args.memory_emulation}
 
     only = {g for g in args.only.split(",") if g}
     skip = {g for g in args.skip.split(",") if g}

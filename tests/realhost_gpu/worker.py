@@ -121,6 +121,8 @@ class Worker:
                "comfy_args": {k: getattr(self.C.args, k) for k in
                               ("cpu", "lowvram", "novram", "highvram", "gpu_only", "reserve_vram", "fast")},
                "vram_state": str(self.C.mm.vram_state), "memory_fraction": self.spec.get("memory_fraction"),
+               "emulated_gpu_gib": self.spec.get("emulate_gpu_gib"),
+               "comfy_total_vram_mb": round(float(getattr(self.C.mm, "total_vram", 0) or 0)),
                "triton_importable": self.lipar.kernels.triton_available(),
                "env_PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
         if self.cuda:
@@ -673,8 +675,8 @@ def group_lowvram(W: Worker) -> None:
         graphs_off = all(not r["info"].get("cuda_graphs") for r in runs)
         notes = [f"model_lowvram={lowvram}", f"loaded {model.loaded_size() / 2**30:.2f} of "
                  f"{model.model_size() / 2**30:.2f} GiB", f"cuda_graphs reported {[r['info'].get('cuda_graphs') for r in runs]}",
-                 f"budget {W.spec.get('vram_budget_gb')} GiB (reserve_vram {W.C.args.reserve_vram:.1f}, "
-                 f"memory fraction {W.spec.get('memory_fraction')})"]
+                 f"GPU of {W.spec.get('vram_budget_gb')} GiB ({W.spec.get('memory_emulation', 'device')} emulation, "
+                 f"reserve_vram {W.C.args.reserve_vram}, memory fraction {W.spec.get('memory_fraction')})"]
         if not lowvram:
             notes.append("the budget did not force a partial load")
         cross_check(W, name, t0, runs, notes, extra_ok=lowvram and graphs_off, against="ref")
@@ -776,7 +778,9 @@ def group_memory(W: Worker) -> None:
             "graphs" if info.get("cuda_graphs") else "eager"), notes=notes,
             details={"stages": stages, "node_info": info, "loaded": loaded, "images_shape": list(images.shape),
                      "finite": finite, "vae_tiled_fallback": tiled, "vram_budget_gib": limit,
-                     "memory_fraction": spec.get("memory_fraction"), "reserve_vram_gib": W.C.args.reserve_vram})
+                     "memory_fraction": spec.get("memory_fraction"), "reserve_vram_gib": W.C.args.reserve_vram,
+                     "memory_emulation": spec.get("memory_emulation", "device"),
+                     "comfy_total_vram_mb": round(float(getattr(W.C.mm, "total_vram", 0) or 0))})
 
     W.case_guard(name, run)
 
@@ -811,7 +815,10 @@ def main() -> None:
     if budget and spec["device"] == "cuda":
         import torch
         free, total = torch.cuda.mem_get_info()
-        spec.setdefault("comfy_args", {})["reserve_vram"] = max(0.0, free / 2**30 - float(budget))
+        if spec.get("memory_emulation", "device") == "reserve":   # ComfyUI's --reserve-vram on the big GPU
+            spec.setdefault("comfy_args", {})["reserve_vram"] = max(0.0, free / 2**30 - float(budget))
+        else:                                                    # a card of that size (harness_env.emulate_gpu_size)
+            spec["emulate_gpu_gib"] = float(budget)
         spec["memory_fraction"] = min(1.0, (float(budget) + float(spec.get("fraction_margin_gb", 0.0))) * 2**30 / total)
     C = harness_env.setup_comfy(spec)
     W = Worker(spec, C)
