@@ -184,8 +184,8 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated groups to run (models always runs)")
     ap.add_argument("--skip", default="", help="comma-separated groups to skip")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole tier; later groups are "
-                    "skipped once it is spent (default 570 on CUDA: the GPU tool stops a command at 600 s; "
-                    "3600 on CPU)")
+                    "skipped once it is spent (default 540 on CUDA: the GPU tool stops a command at 600 s, "
+                    "wheels installed first; 3600 on CPU)")
     ap.add_argument("--rewrite-models", action="store_true")
     ap.add_argument("--memory-allocator", choices=("cudaMallocAsync", "native"), default="cudaMallocAsync")
     ap.add_argument("--memory-emulation", choices=("device", "reserve"), default="device",
@@ -208,7 +208,7 @@ def main() -> int:
             device = "cpu"
     conf = CONFIGS[args.config]
     if args.budget is None:
-        args.budget = 570.0 if device == "cuda" else 3600.0
+        args.budget = 540.0 if device == "cuda" else 3600.0
     work = os.path.abspath(args.work or os.path.join(ROOT, ".gpu", "work", args.config))
     comfy_dir = os.path.abspath(args.comfyui)
     if not os.path.isfile(os.path.join(comfy_dir, "nodes.py")):
