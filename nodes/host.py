@@ -151,4 +151,5 @@ def keep_graphs(model: Any, device: torch.device, run_bytes: int) -> bool:
     if states is not None and state not in (states.HIGH_VRAM, states.NORMAL_VRAM):
         return False
     free = mm.get_free_memory(device) if hasattr(mm, "get_free_memory") else 0
-    return free >= 2 * run_bytes
+    reserved = mm.extra_reserved_memory() if hasattr(mm, "extra_reserved_memory") else 0   # --reserve-vram
+    return free - reserved >= 2 * run_bytes

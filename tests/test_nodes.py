@@ -678,4 +678,7 @@ def test_graphs_are_released_when_comfyui_needs_the_memory(monkeypatch):
         mm.vram_state, mm.get_free_memory = state, (lambda device, free=free: free)
         model.model.model_lowvram = lowvram
         assert keep_graphs(model, cuda, 10) is keep, (state, free, lowvram)
+    mm.extra_reserved_memory = lambda: 90                          # --reserve-vram counts as not free
+    mm.vram_state, mm.get_free_memory, model.model.model_lowvram = 2, (lambda device: 100), False
+    assert not keep_graphs(model, cuda, 10)
     assert keep_graphs(model, torch.device("cpu"), 10)
