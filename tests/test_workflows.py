@@ -9,6 +9,8 @@
 * API format: inputs match the node definitions, links point at existing outputs of the
   right type;
 * the UI and API versions of a workflow describe the same prompt;
+* the UI files are named by the titles the template browser shows; the graphs are wired as
+  designed (pruned, unpruned baseline, and pruned with the tiny VAE);
 * the LIPAR nodes' widget order is the public API the saved workflows rely on.
 """
 from __future__ import annotations
@@ -30,8 +32,11 @@ sys.path.insert(0, REALHOST)
 
 import workflow_check as wc  # noqa: E402
 
-PAIRS = [("lipar_video_edit.json", "api/lipar_video_edit_api.json"),
-         ("baseline_video_edit.json", "api/baseline_video_edit_api.json")]
+# (UI file: its name is the title the Templates browser shows, API file)
+LIPAR_UI, LIPAR_API = "LIPAR video edit.json", "api/lipar_video_edit_api.json"
+BASELINE_UI, BASELINE_API = "Unpruned baseline video edit.json", "api/baseline_video_edit_api.json"
+FAST_UI, FAST_API = "LIPAR fast video edit (tiny VAE).json", "api/lipar_fast_video_edit_api.json"
+PAIRS = [(LIPAR_UI, LIPAR_API), (BASELINE_UI, BASELINE_API), (FAST_UI, FAST_API)]
 UI_FILES = [p[0] for p in PAIRS]
 API_FILES = [p[1] for p in PAIRS]
 
@@ -159,14 +164,17 @@ def _by_type(api: dict) -> dict[str, list[dict]]:
     return out
 
 
-def test_lipar_graph_is_wired_as_designed():
-    api = load("api/lipar_video_edit_api.json")
+@pytest.mark.parametrize("api_rel", [LIPAR_API, FAST_API])
+def test_lipar_graph_is_wired_as_designed(api_rel):
+    api = load(api_rel)
     t = _by_type(api)
     for needed in ("LoadVideo", "GetVideoComponents", "VAELoader", "VAEEncode", "LIPAR_LatentInterFramePruner",
                    "UNETLoader", "LIPAR_AttentionRecoveryPatch", "CLIPLoader", "CLIPTextEncode",
-                   "LIPAR_SelfForcingSampler", "LIPAR_TokenRestore", "VAEDecode", "CreateVideo", "SaveVideo",
-                   "PreviewImage"):
+                   "LIPAR_SelfForcingSampler", "VAEDecode", "CreateVideo", "SaveVideo", "PreviewImage"):
         assert len(t.get(needed, [])) == 1, needed
+    # the sampler restores pruned positions itself: Token Restore stays in the pack (saved
+    # workflows keep working) but the examples do not use it
+    assert "LIPAR_TokenRestore" not in t
 
     def src(node_type, name):
         ref = t[node_type][0][name]
@@ -174,41 +182,93 @@ def test_lipar_graph_is_wired_as_designed():
 
     assert src("GetVideoComponents", "video") == ("LoadVideo", 0)
     assert src("VAEEncode", "pixels") == ("GetVideoComponents", 0)
+    assert src("VAEEncode", "vae") == ("VAELoader", 0)
     assert src("LIPAR_LatentInterFramePruner", "latent") == ("VAEEncode", 0)
     assert src("LIPAR_LatentInterFramePruner", "images") == ("GetVideoComponents", 0)
     assert src("LIPAR_AttentionRecoveryPatch", "model") == ("UNETLoader", 0)
     assert src("LIPAR_SelfForcingSampler", "model") == ("LIPAR_AttentionRecoveryPatch", 0)
     assert src("LIPAR_SelfForcingSampler", "positive") == ("CLIPTextEncode", 0)
     assert src("LIPAR_SelfForcingSampler", "latent") == ("LIPAR_LatentInterFramePruner", 0)
-    assert src("LIPAR_TokenRestore", "latent") == ("LIPAR_SelfForcingSampler", 0)
-    assert src("VAEDecode", "samples") == ("LIPAR_TokenRestore", 0)
+    assert src("VAEDecode", "samples") == ("LIPAR_SelfForcingSampler", 0)
+    assert src("VAEDecode", "vae") == ("VAELoader", 0)      # one VAE encodes and decodes
     assert src("CreateVideo", "images") == ("VAEDecode", 0)
     assert src("CreateVideo", "fps") == ("GetVideoComponents", 2)
     assert src("SaveVideo", "video") == ("CreateVideo", 0)
     assert src("PreviewImage", "images") == ("LIPAR_LatentInterFramePruner", 1)
     assert t["CLIPLoader"][0]["type"] == "wan"
-    assert t["VAELoader"][0]["vae_name"] == "wan_2.1_vae.safetensors"
+    want_vae = "lighttaew2_1.safetensors" if api_rel == FAST_API else "wan_2.1_vae.safetensors"
+    assert t["VAELoader"][0]["vae_name"] == want_vae
     assert t["UNETLoader"][0]["unet_name"] == "self_forcing_dmd.safetensors"
     assert t["UNETLoader"][0]["weight_dtype"] == "default"
     assert t["LIPAR_LatentInterFramePruner"][0]["chunk_frames"] == t["LIPAR_SelfForcingSampler"][0]["chunk_frames"]
 
 
 def test_baseline_is_the_same_run_without_lipar():
-    lip, base = _by_type(load("api/lipar_video_edit_api.json")), _by_type(load("api/baseline_video_edit_api.json"))
+    lip, base = _by_type(load(LIPAR_API)), _by_type(load(BASELINE_API))
     for gone in ("LIPAR_LatentInterFramePruner", "LIPAR_AttentionRecoveryPatch", "LIPAR_TokenRestore"):
         assert gone not in base
-    api = load("api/baseline_video_edit_api.json")
+    api = load(BASELINE_API)
     s = base["LIPAR_SelfForcingSampler"][0]
     assert api[s["latent"][0]]["class_type"] == "VAEEncode"
     assert api[s["model"][0]]["class_type"] == "UNETLoader"
     assert api[base["VAEDecode"][0]["samples"][0]]["class_type"] == "LIPAR_SelfForcingSampler"
     # a fair A/B: same sampler settings, models, prompt and input video
     ls = lip["LIPAR_SelfForcingSampler"][0]
-    for k in ("seed", "steps", "shift", "chunk_frames", "mode"):
+    for k in ("seed", "steps", "shift", "chunk_frames", "mode", "window_frames", "sink_frames"):
         assert s[k] == ls[k], k
     for node_type in ("LoadVideo", "VAELoader", "UNETLoader", "CLIPLoader", "CLIPTextEncode"):
         assert base[node_type] == lip[node_type], node_type
     assert base["SaveVideo"][0]["filename_prefix"] != lip["SaveVideo"][0]["filename_prefix"]
+
+
+def test_fast_workflow_is_the_lipar_graph_with_the_tiny_vae():
+    """Node for node the LIPAR workflow, except the VAE file (ComfyUI's Load VAE lists
+    lighttaew2_1* files of models/vae_approx) and where the video is saved."""
+    lip, fast = load(LIPAR_API), load(FAST_API)
+    assert sorted(lip) == sorted(fast)
+    differ = {nid for nid in lip if wc.strip_meta({nid: lip[nid]}) != wc.strip_meta({nid: fast[nid]})}
+    assert {lip[nid]["class_type"] for nid in differ} == {"VAELoader", "SaveVideo"}
+    vae = next(v for v in fast.values() if v["class_type"] == "VAELoader")
+    assert vae["inputs"] == {"vae_name": "lighttaew2_1.safetensors"}
+    prefixes = {wf[n]["inputs"]["filename_prefix"] for wf in (lip, fast) for n in wf if wf[n]["class_type"] == "SaveVideo"}
+    assert len(prefixes) == 2
+    # the front end offers the download from the right folder when the file is missing
+    ui = next(n for n in load(FAST_UI)["nodes"] if n["type"] == "VAELoader")
+    assert ui["properties"]["models"] == [{
+        "name": "lighttaew2_1.safetensors", "directory": "vae_approx",
+        "url": "https://huggingface.co/lightx2v/Autoencoders/resolve/main/lighttaew2_1.safetensors"}]
+
+
+def test_ui_files_are_named_by_their_titles():
+    """Frontend 1.35.9 titles a custom node's template with its file name, so the UI files carry
+    readable titles; each has its thumbnail (same name, .jpg); the API files are snake_case."""
+    for rel in UI_FILES:
+        name = rel[:-len(".json")]
+        assert "_" not in name and name[0].isupper() and " " in name, rel
+        assert os.path.isfile(os.path.join(WORKFLOWS, name + ".jpg")), f"{name}.jpg (tests/realhost/make_thumbnails.py)"
+    for rel in API_FILES:
+        assert rel.startswith("api/") and rel.endswith("_api.json") and " " not in rel, rel
+    jpgs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(WORKFLOWS, "*.jpg")))
+    assert jpgs == sorted(rel[:-len(".json")] + ".jpg" for rel in UI_FILES), "a thumbnail without its workflow"
+
+
+def test_notes_describe_the_current_graphs():
+    """The Read me notes: no Token Restore to connect, any 4k+1 frame count, the KV window widgets;
+    the fast workflow's note names the tiny VAE's source, folder and trade-off."""
+    notes = {}
+    for rel in UI_FILES:
+        (n,) = [n for n in load(rel)["nodes"] if n["type"] == "MarkdownNote"]
+        notes[rel] = n["widgets_values"][0]
+    for rel, text in notes.items():
+        assert "Token Restore" not in text and "TokenRestore" not in text, rel
+        assert "4k+1" in text and "window_frames" in text and "sink_frames" in text, rel
+    # other workflows are named by the titles the template browser shows
+    assert '"Unpruned baseline video edit"' in notes[LIPAR_UI]
+    assert '"LIPAR video edit"' in notes[BASELINE_UI] and '"LIPAR video edit"' in notes[FAST_UI]
+    fast = notes[FAST_UI]
+    for needed in ("lightx2v/Autoencoders", "lighttaew2_1.safetensors", "models/vae_approx/", "--preview-method taesd",
+                   "faster", "lower image quality", "the latent the sampler edits"):
+        assert needed in fast, needed
 
 
 @pytest.mark.parametrize("rel", UI_FILES)
@@ -217,7 +277,8 @@ def test_ui_layout_reads_left_to_right(rel):
     nodes = {n["id"]: n for n in wf["nodes"]}
     for _, a, _, b, _, _ in wf["links"]:
         assert nodes[a]["pos"][0] <= nodes[b]["pos"][0], f"link {a}->{b} runs right to left"
-    boxes = [(n["pos"][0], n["pos"][1], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1], n["id"])
+    # each node with its title bar (LiteGraph.NODE_TITLE_HEIGHT = 30 above pos): no node covers a title
+    boxes = [(n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1], n["id"])
              for n in wf["nodes"]]
     for i, p in enumerate(boxes):
         for q in boxes[i + 1:]:
@@ -240,6 +301,7 @@ def test_readme_names_every_model_file():
                     assert node["inputs"][key] in readme, node["inputs"][key]
     for rel in UI_FILES + API_FILES:
         assert os.path.basename(rel) in readme, rel
+    assert "lightx2v/Autoencoders" in readme and "models/vae_approx/" in readme
 
 
 def test_web_extension_is_a_valid_es_module():

@@ -7,8 +7,14 @@ CI tier (tests/test_workflows.py) checks the committed files against the pack's
 INPUT_TYPES and the core-node fixture; the real-host tier opens the UI files in the
 real front end and compares its own API conversion with the API files.
 
+Names: a UI file is named by the title the Templates browser shows (frontend 1.35.9 titles
+a custom node's template with its file name, e.g. "LIPAR video edit.json"; the thumbnail is
+the .jpg of the same name, made by make_thumbnails.py); the API files keep snake_case names
+in workflows/api/.
+
 usage: python tests/realhost/build_workflows.py [--check]   (with the project's venv: imports the pack)
-  --check: exit 1 if a committed file differs from what this script writes
+  --check: exit 1 if a committed file differs from what this script writes, or if workflows/
+           holds a .json this script does not write (e.g. one left behind by a rename)
 """
 from __future__ import annotations
 
@@ -22,21 +28,85 @@ OUT = os.path.join(ROOT, "workflows")
 
 HF = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 VAE_FILE = "wan_2.1_vae.safetensors"
+TINY_VAE_FILE = "lighttaew2_1.safetensors"          # ComfyUI's Load VAE lists lighttaew2_1* of models/vae_approx
+TINY_VAE_URL = f"https://huggingface.co/lightx2v/Autoencoders/resolve/main/{TINY_VAE_FILE}"
 TE_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 DIT_FILE = "self_forcing_dmd.safetensors"
 INPUT_VIDEO = "lipar_input.mp4"
 PROMPT = ("A corgi running along a sunny beach, waves rolling in, photorealistic, "
           "smooth camera motion, high detail")
 
-NOTE = f"""## LIPAR video edit (Self-Forcing, Wan2.1-T2V-1.3B)
+
+@dataclass(frozen=True)
+class Workflow:
+    """One example workflow; its key in WORKFLOWS ("lipar", "baseline", "fast") picks the graph build() makes."""
+    title: str       # the UI file's name: frontend 1.35.9 titles a template with its file name
+    api: str         # the API file's name (snake_case, in workflows/api/)
+    uid: str
+    prefix: str      # Save Video's filename_prefix
+
+
+WORKFLOWS = {
+    "lipar": Workflow("LIPAR video edit", "lipar_video_edit_api",
+                      "6c1d7f0e-4a1b-4c55-9d2e-11a1b2c3d401", "video/lipar_edit"),
+    "baseline": Workflow("Unpruned baseline video edit", "baseline_video_edit_api",
+                         "6c1d7f0e-4a1b-4c55-9d2e-11a1b2c3d402", "video/baseline_edit"),
+    "fast": Workflow("LIPAR fast video edit (tiny VAE)", "lipar_fast_video_edit_api",
+                     "6c1d7f0e-4a1b-4c55-9d2e-11a1b2c3d403", "video/lipar_fast_edit"),
+}
+LIPAR, BASELINE, FAST = (WORKFLOWS[k].title for k in ("lipar", "baseline", "fast"))
+
+MODELS = f"""- `models/diffusion_models/{DIT_FILE}`: convert the official `self_forcing_dmd.pt` (Hugging Face `gdhe17/Self-Forcing`, `checkpoints/`) with `python -m lipar convert self_forcing_dmd.pt {DIT_FILE}`, or load the `.pt` with the **Load Self-Forcing Checkpoint** node instead of Load Diffusion Model."""
+
+INPUT = """**Input video**: 832x480 (any size divisible by 16) with any 4k+1 frames, e.g. 21, 65, 69 or 81 (the last chunk may be shorter than 3 latent frames). Upload it in Load Video. Clips longer than 81 frames roll the sampler's KV cache: `window_frames` (21 latent frames = 81 video frames, Self-Forcing's training length) bounds memory and time per chunk, `sink_frames` (3) keeps the first chunk in view."""
+
+OUTPUT = """**Output**: the sampler fills the pruned positions itself (each takes the patch at the same place in the latest frame where it was kept), so its latent goes straight to VAE Decode."""
+
+TUNING = f"""**Tuning**: raise `threshold` on the pruner to prune more (faster, riskier) and watch its mask preview (pruned patches are tinted blue). The sampler reports seconds, FPS and the speed-up over the last unpruned run ("{BASELINE}") in this browser session."""
+
+
+def note(kind: str) -> str:
+    """The Read me note of one workflow (Markdown)."""
+    if kind == "lipar":
+        return f"""## {LIPAR} (Self-Forcing, Wan2.1-T2V-1.3B)
 
 **Models** (see workflows/README.md of the pack):
-- `models/diffusion_models/{DIT_FILE}`: convert the official `self_forcing_dmd.pt` (Hugging Face `gdhe17/Self-Forcing`, `checkpoints/`) with `python -m lipar convert self_forcing_dmd.pt {DIT_FILE}`, or load the `.pt` with the **Load Self-Forcing Checkpoint** node instead of Load Diffusion Model.
+{MODELS}
 - `models/vae/{VAE_FILE}` and `models/text_encoders/{TE_FILE}` from Comfy-Org/Wan_2.1_ComfyUI_repackaged.
 
-**Input video**: 832x480 (any size divisible by 16) with 9, 21, 33, ..., 81 frames (4k+1 frames whose latent length k+1 is a multiple of 3). Upload it in Load Video.
+{INPUT}
 
-**Tuning**: raise `threshold` to prune more (faster, riskier), watch the mask preview on the pruner (pruned patches are tinted blue). The sampler reports seconds, FPS and the speed-up over the last unpruned run (baseline_video_edit) in this browser session.
+{OUTPUT}
+
+{TUNING}
+"""
+    if kind == "baseline":
+        return f"""## {BASELINE} (Self-Forcing, Wan2.1-T2V-1.3B)
+
+This is the A/B reference: the graph of "{LIPAR}" without pruning and attention recovery (same seed, steps, models and prompt). Run it first, then "{LIPAR}", to see the speed-up on the sampler.
+
+**Models** (see workflows/README.md of the pack):
+{MODELS}
+- `models/vae/{VAE_FILE}` and `models/text_encoders/{TE_FILE}` from Comfy-Org/Wan_2.1_ComfyUI_repackaged.
+
+{INPUT}
+"""
+    return f"""## {FAST}
+
+"{LIPAR}" (Self-Forcing, Wan2.1-T2V-1.3B) with the tiny Wan2.1 VAE `{TINY_VAE_FILE}` for both VAE Encode and VAE Decode.
+
+**Trade-off**: the tiny VAE encodes and decodes several times faster than the full Wan VAE, at visibly lower image quality: softer detail, some colour and texture drift. Its latents are in the Wan2.1 VAE's latent space, so the pruner and the sampler take them as they are; the pruning plan is computed on the latent this graph's encoder produced, i.e. on the latent the sampler edits. For the best picture use "{LIPAR}" (full Wan VAE).
+
+**Models** (see workflows/README.md of the pack):
+- `models/vae_approx/{TINY_VAE_FILE}`: the file `{TINY_VAE_FILE}` of the Hugging Face repository `lightx2v/Autoencoders`, saved into `models/vae_approx/` (Load VAE lists it from there). The same file also gives ComfyUI's latent previews with `--preview-method taesd`.
+{MODELS}
+- `models/text_encoders/{TE_FILE}` from Comfy-Org/Wan_2.1_ComfyUI_repackaged.
+
+{INPUT}
+
+{OUTPUT}
+
+{TUNING}
 """
 
 
@@ -92,15 +162,23 @@ def _models(name: str, url: str, directory: str) -> dict:
     return {"models": [{"name": name, "url": url, "directory": directory}]}
 
 
-def build(lipar: bool) -> tuple[list[N], list[tuple[int, int, int, str, str]], list[tuple[str, list[int]]]]:
-    """Nodes, links (from_id, from_slot, to_id, to_input_name, type) and groups of one workflow."""
+def build(kind: str) -> tuple[list[N], list[tuple[int, int, int, str, str]], list[tuple[str, list[int]]]]:
+    """Nodes, links (from_id, from_slot, to_id, to_input_name, type) and groups of one workflow:
+    kind "lipar" (pruned), "baseline" (the same graph unpruned) or "fast" (lipar with the tiny VAE)."""
+    wf = WORKFLOWS[kind]
+    pruned = kind != "baseline"
+    if kind == "fast":
+        vae = N(3, "VAELoader", (0, 500), (320, 60), widgets=[("vae_name", TINY_VAE_FILE)], outputs=[("VAE", "VAE")],
+                title="Load VAE (tiny Wan VAE)", properties=_models(TINY_VAE_FILE, TINY_VAE_URL, "vae_approx"))
+    else:
+        vae = N(3, "VAELoader", (0, 500), (320, 60), widgets=[("vae_name", VAE_FILE)], outputs=[("VAE", "VAE")],
+                properties=_models(VAE_FILE, f"{HF}/vae/{VAE_FILE}", "vae"))
     nodes = [
         N(1, "LoadVideo", (0, 0), (320, 440), widgets=[("file", INPUT_VIDEO), (None, "image")],
           outputs=[("VIDEO", "VIDEO")]),
         N(2, "GetVideoComponents", (380, 0), (240, 70), sockets=[("video", "VIDEO")],
           outputs=[("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
-        N(3, "VAELoader", (0, 500), (320, 60), widgets=[("vae_name", VAE_FILE)], outputs=[("VAE", "VAE")],
-          properties=_models(VAE_FILE, f"{HF}/vae/{VAE_FILE}", "vae")),
+        vae,
         N(4, "VAEEncode", (380, 140), (240, 50), sockets=[("pixels", "IMAGE"), ("vae", "VAE")],
           outputs=[("LATENT", "LATENT")]),
         N(6, "UNETLoader", (0, 660), (320, 82), widgets=[("unet_name", DIT_FILE), ("weight_dtype", "default")],
@@ -109,22 +187,18 @@ def build(lipar: bool) -> tuple[list[N], list[tuple[int, int, int, str, str]], l
           outputs=[("CLIP", "CLIP")], properties=_models(TE_FILE, f"{HF}/text_encoders/{TE_FILE}", "text_encoders")),
         N(9, "CLIPTextEncode", (380, 800), (300, 200), sockets=[("clip", "CLIP")], widgets=[("text", PROMPT)],
           outputs=[("CONDITIONING", "CONDITIONING")]),
-        N(10, "LIPAR_SelfForcingSampler", (1280, 0), (340, 330),
+        # the height the front end gives it (widgets, the appended window/sink inputs and the panel)
+        N(10, "LIPAR_SelfForcingSampler", (1280, 0), (340, 430),
           sockets=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT")],
           widgets=defaults("LIPAR_SelfForcingSampler", seed=SEED),
           outputs=[("latent", "LATENT")]),
-        N(13, "VAEDecode", (1960, 0), (240, 50), sockets=[("samples", "LATENT"), ("vae", "VAE")],
+        N(13, "VAEDecode", (1700, 0), (240, 50), sockets=[("samples", "LATENT"), ("vae", "VAE")],
           outputs=[("IMAGE", "IMAGE")]),
-        N(14, "CreateVideo", (1960, 100), (270, 80), sockets=[("images", "IMAGE")], optional_sockets=[("audio", "AUDIO")],
+        N(14, "CreateVideo", (1700, 100), (270, 80), sockets=[("images", "IMAGE")], optional_sockets=[("audio", "AUDIO")],
           widgets=[("fps", 16.0)], outputs=[("VIDEO", "VIDEO")]),
-        N(15, "SaveVideo", (1960, 240), (400, 460), sockets=[("video", "VIDEO")],
-          widgets=[("filename_prefix", "video/lipar_edit" if lipar else "video/baseline_edit"), ("format", "auto"),
-                   ("codec", "auto")]),
-        N(16, "MarkdownNote", (1680, 780), (500, 420), widgets=[(None, NOTE if lipar else NOTE.replace(
-            "## LIPAR video edit", "## Baseline (unpruned) video edit").replace(
-            "**Tuning**", "This is the A/B reference: the same graph without pruning, attention recovery and token "
-            "restore. Run it first, then lipar_video_edit, to see the speed-up on the sampler.\n\n**Tuning** (in "
-            "lipar_video_edit)"))], title="Read me", virtual=True),
+        N(15, "SaveVideo", (1700, 240), (400, 460), sockets=[("video", "VIDEO")],
+          widgets=[("filename_prefix", wf.prefix), ("format", "auto"), ("codec", "auto")]),
+        N(16, "MarkdownNote", (1680, 780), (520, 520), widgets=[(None, note(kind))], title="Read me", virtual=True),
     ]
     links = [
         (1, 0, 2, "video", "VIDEO"),
@@ -133,11 +207,12 @@ def build(lipar: bool) -> tuple[list[N], list[tuple[int, int, int, str, str]], l
         (8, 0, 9, "clip", "CLIP"),
         (9, 0, 10, "positive", "CONDITIONING"),
         (3, 0, 13, "vae", "VAE"),
+        (10, 0, 13, "samples", "LATENT"),      # the sampler restores pruned positions itself
         (13, 0, 14, "images", "IMAGE"),
         (2, 2, 14, "fps", "FLOAT"),
         (14, 0, 15, "video", "VIDEO"),
     ]
-    if lipar:
+    if pruned:
         nodes += [
             N(5, "LIPAR_LatentInterFramePruner", (740, 0), (380, 600),
               sockets=[("latent", "LATENT")], optional_sockets=[("images", "IMAGE")],
@@ -146,9 +221,8 @@ def build(lipar: bool) -> tuple[list[N], list[tuple[int, int, int, str, str]], l
             N(7, "LIPAR_AttentionRecoveryPatch", (380, 660), (300, 110), sockets=[("model", "MODEL")],
               widgets=defaults("LIPAR_AttentionRecoveryPatch"),
               outputs=[("model", "MODEL")]),
-            N(11, "LIPAR_TokenRestore", (1660, 0), (240, 50), sockets=[("latent", "LATENT")],
-              outputs=[("latent", "LATENT")]),
-            N(12, "PreviewImage", (1160, 380), (460, 420), sockets=[("images", "IMAGE")], title="Pruning mask (per frame)"),
+            # below the sampler with room for its panel and appended widgets (its title stays visible)
+            N(12, "PreviewImage", (1160, 480), (460, 420), sockets=[("images", "IMAGE")], title="Pruning mask (per frame)"),
         ]
         links += [
             (4, 0, 5, "latent", "LATENT"),
@@ -156,18 +230,16 @@ def build(lipar: bool) -> tuple[list[N], list[tuple[int, int, int, str, str]], l
             (6, 0, 7, "model", "MODEL"),
             (7, 0, 10, "model", "MODEL"),
             (5, 0, 10, "latent", "LATENT"),
-            (10, 0, 11, "latent", "LATENT"),
-            (11, 0, 13, "samples", "LATENT"),
             (5, 1, 12, "images", "IMAGE"),
         ]
-        groups = [("1 · Source video", [1, 2, 3, 4]), ("2 · Models and prompt", [6, 7, 8, 9]),
-                  ("3 · LIPAR: prune, sample, restore", [5, 10, 11, 12]), ("4 · Output video", [13, 14, 15])]
+        tiny = " (tiny VAE)" if kind == "fast" else ""
+        groups = [(f"1 · Source video{tiny}", [1, 2, 3, 4]), ("2 · Models and prompt", [6, 7, 8, 9]),
+                  ("3 · LIPAR: prune and sample", [5, 10, 12]), (f"4 · Output video{tiny}", [13, 14, 15])]
     else:
-        # the baseline keeps LIPAR's sampler position but has no pruner, patch or restore
+        # the baseline keeps LIPAR's sampler position but has no pruner or patch
         links += [
             (6, 0, 10, "model", "MODEL"),
             (4, 0, 10, "latent", "LATENT"),
-            (10, 0, 13, "samples", "LATENT"),
         ]
         groups = [("1 · Source video", [1, 2, 3, 4]), ("2 · Models and prompt", [6, 8, 9]),
                   ("3 · Self-Forcing sampler (unpruned)", [10]), ("4 · Output video", [13, 14, 15])]
@@ -188,8 +260,8 @@ def _order(nodes: list[N], links) -> dict[int, int]:
     return order
 
 
-def ui_workflow(name: str, lipar: bool) -> dict:
-    nodes, links, groups = build(lipar)
+def ui_workflow(kind: str) -> dict:
+    nodes, links, groups = build(kind)
     byid = {n.id: n for n in nodes}
     order = _order(nodes, links)
     ui_links = []
@@ -226,15 +298,13 @@ def ui_workflow(name: str, lipar: bool) -> dict:
         y1 = max(byid[m].pos[1] + byid[m].size[1] for m in members) + 20
         ui_groups.append({"id": gi, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
                           "color": "#3f789e" if gi != 3 else "#8a5a9e", "font_size": 24, "flags": {}})
-    uid = {"lipar_video_edit": "6c1d7f0e-4a1b-4c55-9d2e-11a1b2c3d401",
-           "baseline_video_edit": "6c1d7f0e-4a1b-4c55-9d2e-11a1b2c3d402"}[name]
-    return {"id": uid, "revision": 0, "last_node_id": max(n.id for n in nodes), "last_link_id": len(links),
+    return {"id": WORKFLOWS[kind].uid, "revision": 0, "last_node_id": max(n.id for n in nodes), "last_link_id": len(links),
             "nodes": out_nodes, "links": ui_links, "groups": ui_groups, "config": {},
-            "extra": {"ds": {"scale": 0.62, "offset": [100, 190]}}, "version": 0.4}
+            "extra": {"ds": {"scale": 0.6, "offset": [160, 250]}}, "version": 0.4}
 
 
-def api_workflow(lipar: bool) -> dict:
-    nodes, links, _ = build(lipar)
+def api_workflow(kind: str) -> dict:
+    nodes, links, _ = build(kind)
     src = {(b, inp): [str(a), sa] for a, sa, b, inp, _ in links}
     out = {}
     for n in nodes:
@@ -262,16 +332,25 @@ DISPLAY = {
     "LIPAR_SelfForcingSampler": "Self-Forcing Causal Sampler", "LIPAR_TokenRestore": "Token Restore",
 }
 
-FILES = {
-    "lipar_video_edit.json": lambda: ui_workflow("lipar_video_edit", True),
-    "baseline_video_edit.json": lambda: ui_workflow("baseline_video_edit", False),
-    "api/lipar_video_edit_api.json": lambda: api_workflow(True),
-    "api/baseline_video_edit_api.json": lambda: api_workflow(False),
-}
+# workflows/<title>.json (UI, listed as templates) and workflows/api/<api>.json (API, headless runs)
+FILES = {**{f"{w.title}.json": (lambda k=k: ui_workflow(k)) for k, w in WORKFLOWS.items()},
+         **{f"api/{w.api}.json": (lambda k=k: api_workflow(k)) for k, w in WORKFLOWS.items()}}
 
 
 def dumps(obj) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def stray_files() -> list[str]:
+    """JSON files in workflows/ (and workflows/api/) that this script does not write."""
+    out = []
+    for folder in ("", "api"):
+        d = os.path.join(OUT, folder)
+        for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+            rel = os.path.join(folder, f) if folder else f
+            if f.endswith(".json") and rel not in FILES:
+                out.append(rel)
+    return out
 
 
 def main() -> int:
@@ -288,10 +367,12 @@ def main() -> int:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         print("wrote", os.path.relpath(path, ROOT))
+    stray = stray_files()
+    if stray:
+        print("not written by this script (delete or rename them):", ", ".join(stray))
     if bad:
         print("out of date:", ", ".join(bad))
-        return 1
-    return 0
+    return 1 if bad or (check and stray) else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ usage: COMFY_PY make_fixtures.py COMFY_DIR BASE_DIR
 BASE_DIR/models/diffusion_models/self_forcing_dmd.safetensors  tiny Wan2.1-T2V DiT (dim 128, 2 layers)
 BASE_DIR/models/diffusion_models/self_forcing_dmd_official.pt  the same weights in the official .pt layout
 BASE_DIR/models/vae/wan_2.1_vae.safetensors                    tiny Wan2.1 VAE (base width 8)
+BASE_DIR/models/vae_approx/lighttaew2_1.safetensors            tiny VAE of the lighttaew2_1 architecture, random weights
 BASE_DIR/models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors  placeholder (never loaded)
 BASE_DIR/input/lipar_input.mp4                                 21 frames 128x96 (6 latent frames = 2 chunks)
 BASE_DIR/output/lipar_cond/shard_0000.pkl                      CONDITIONING for LoadTrainingDataset
@@ -29,13 +30,15 @@ def main() -> None:
     comfy_dir, base = sys.argv[1], sys.argv[2]
     tm.comfy_preamble(comfy_dir)
     t0 = time.perf_counter()
-    for d in ("models/diffusion_models", "models/vae", "models/text_encoders", "input", "output", "temp", "user",
-              "custom_nodes"):
+    for d in ("models/diffusion_models", "models/vae", "models/vae_approx", "models/text_encoders", "input", "output",
+              "temp", "user", "custom_nodes"):
         os.makedirs(os.path.join(base, d), exist_ok=True)
     dm = os.path.join(base, "models", "diffusion_models")
     sd = tm.write_tiny_wan(os.path.join(dm, "self_forcing_dmd.safetensors"), dim=128, layers=2, ffn=256)
     tm.write_official_layout_pt(os.path.join(dm, "self_forcing_dmd_official.pt"), sd)
     tm.write_tiny_wan_vae(os.path.join(base, "models", "vae", "wan_2.1_vae.safetensors"), dim=8)
+    # the fast workflow's tiny VAE: Load VAE lists lighttaew2_1* files of models/vae_approx
+    tm.write_tiny_taehv(os.path.join(base, "models", "vae_approx", "lighttaew2_1.safetensors"))
     # a placeholder under the workflows' text-encoder name, so the front end finds the model it
     # lists (no "missing models" dialog); it is never loaded: the tests replace the text encoder
     with open(os.path.join(base, "models", "text_encoders", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"), "wb") as f:

@@ -1,15 +1,18 @@
-"""Make the template thumbnails workflows/<name>.jpg and the pack icon icon.png (run with ComfyUI's Python).
+"""Make the template thumbnails workflows/<title>.jpg and the pack icon icon.png (run with ComfyUI's Python).
 
 usage: COMFY_PY tests/realhost/make_thumbnails.py COMFY_DIR [OUT_DIR]   (OUT_DIR: default the repository)
 
 The LIPAR thumbnail is a still of the Latent Inter-Frame Pruner's own mask preview: a real
-ComfyUI server (CPU, the tiny VAE of make_fixtures.py, the pack linked into custom_nodes)
+ComfyUI server (CPU, the tiny VAEs of make_fixtures.py, the pack linked into custom_nodes)
 runs Load Video -> VAE Encode -> Latent Inter-Frame Pruner (default settings) on a synthetic
-480x480 clip with a static landscape and a moving ball, and the last frame of the pruner's
+480x480 clip with a static landscape and a moving ball, and a frame of the pruner's
 animated preview is saved: pruned (static) patches tinted blue, the moving ball's patches not.
 The baseline thumbnail is the same source frame without the tint (the unpruned run computes
-every patch). ComfyUI frontend 1.35.9 shows a custom-node template's thumbnail from
-/api/workflow_templates/<pack>/<name>.jpg, i.e. workflows/<name>.jpg next to the .json.
+every patch). The fast workflow's thumbnail is the preview of the same graph with the tiny
+VAE of the lighttaew2_1 architecture (Load VAE reading models/vae_approx/), with a
+lightning badge. ComfyUI frontend 1.35.9 shows a custom-node template's thumbnail from
+/api/workflow_templates/<pack>/<name>.jpg, i.e. workflows/<name>.jpg next to the .json
+(named by the workflow's title: see build_workflows.py).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import tiny_models as tm  # noqa: E402
+from build_workflows import TINY_VAE_FILE, VAE_FILE, WORKFLOWS  # noqa: E402
 from comfy_host import PACK_LINK_NAME, ComfyServer, execution_error  # noqa: E402
 
 SIZE, FRAMES, FPS = 480, 21, 16
@@ -80,7 +84,7 @@ def write_clip(path: str, frames) -> None:
     c.close()
 
 
-def pruner_prompt(info: dict) -> dict:
+def pruner_prompt(info: dict, vae_name: str) -> dict:
     """Load Video -> VAE Encode -> Latent Inter-Frame Pruner with the pruner's declared defaults
     (read from the server's /object_info, so new inputs need no change here)."""
     spec = info["LIPAR_LatentInterFramePruner"]["input"]
@@ -90,7 +94,7 @@ def pruner_prompt(info: dict) -> dict:
     return {
         "1": {"class_type": "LoadVideo", "inputs": {"file": CLIP}},
         "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
-        "3": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": vae_name}},
         "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["3", 0]}},
         "5": {"class_type": "LIPAR_LatentInterFramePruner",
               "inputs": {**settings, "latent": ["4", 0], "images": ["2", 0]}},
@@ -99,13 +103,20 @@ def pruner_prompt(info: dict) -> dict:
 
 def pick_frame(preview, frames):
     """The preview frame that shows pruning best: most of the picture tinted (pruned) while the
-    moving ball lies on kept (untinted) patches. Returns (index, RGB image)."""
+    moving ball lies on kept (untinted) patches. Returns (video frame index, RGB image).
+
+    The pruner's in-node animation shows either every video frame or one frame per latent
+    frame, the video frame each latent frame ends on (0, 4, 8, ...)."""
     import numpy as np
     from PIL import Image
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    step = 4 if preview.n_frames == (len(frames) - 1) // 4 + 1 else 1
     best = None
-    for i in range(min(preview.n_frames, len(frames))):
-        preview.seek(i)
+    for k in range(preview.n_frames):
+        i = k * step
+        if i >= len(frames):
+            break
+        preview.seek(k)
         im = preview.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS)
         tinted = np.abs(np.asarray(im, np.float32) - frames[i].astype(np.float32)).mean(-1) > 24
         cx, cy, r = ball(i)
@@ -135,14 +146,29 @@ def icon(mask_still):
     return im
 
 
+def badge(im):
+    """The still with a lightning badge in its top-right corner (the fast workflow's card)."""
+    from PIL import Image, ImageDraw
+    im = im.convert("RGBA")
+    layer = Image.new("RGBA", im.size, (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    r, cx, cy = 46, SIZE - 62, 62
+    d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(24, 28, 40, 220), outline=(255, 214, 64, 255), width=4)
+    bolt = [(8, -34), (-16, 4), (-2, 4), (-10, 34), (16, -6), (2, -6), (12, -34)]
+    d.polygon([(cx + x, cy + y) for x, y in bolt], fill=(255, 214, 64, 255))
+    return Image.alpha_composite(im, layer).convert("RGB")
+
+
 def main(comfy_dir: str, out_dir: str) -> None:
     from PIL import Image
 
     frames = scene_frames()
+    previews, stats = {}, {}
     with tempfile.TemporaryDirectory(prefix="lipar_thumbs_") as base:
-        for d in ("models/vae", "input", "output", "temp", "user", "custom_nodes"):
+        for d in ("models/vae", "models/vae_approx", "input", "output", "temp", "user", "custom_nodes"):
             os.makedirs(os.path.join(base, d), exist_ok=True)
-        tm.write_tiny_wan_vae(os.path.join(base, "models", "vae", "wan_2.1_vae.safetensors"), dim=8)
+        tm.write_tiny_wan_vae(os.path.join(base, "models", "vae", VAE_FILE), dim=8)
+        tm.write_tiny_taehv(os.path.join(base, "models", "vae_approx", TINY_VAE_FILE))
         write_clip(os.path.join(base, "input", CLIP), frames)
         os.symlink(ROOT, os.path.join(base, "custom_nodes", PACK_LINK_NAME))
         srv = ComfyServer(comfy_dir, sys.executable, base)
@@ -151,23 +177,26 @@ def main(comfy_dir: str, out_dir: str) -> None:
             info = srv.get("/object_info")
             if "LIPAR_LatentInterFramePruner" not in info:
                 raise SystemExit("the pack did not load:\n" + srv.log()[-4000:])
-            h = srv.run(pruner_prompt(info))
-            if h["status"]["status_str"] != "success":
-                raise SystemExit(execution_error(h))
-            out = h["outputs"]["5"]
-            preview = Image.open(io.BytesIO(srv.view_bytes(out["images"][0])))
-            stats = out["lipar_stats"][0]
+            for key, vae in (("lipar", VAE_FILE), ("fast", TINY_VAE_FILE)):
+                h = srv.run(pruner_prompt(info, vae))
+                if h["status"]["status_str"] != "success":
+                    raise SystemExit(execution_error(h))
+                out = h["outputs"]["5"]
+                previews[key] = Image.open(io.BytesIO(srv.view_bytes(out["images"][0])))
+                stats[key] = out["lipar_stats"][0]["prune_ratio"]
         finally:
             srv.stop()
-    best, pruned = pick_frame(preview, frames)
+    best, pruned = pick_frame(previews["lipar"], frames)
+    best_fast, pruned_fast = pick_frame(previews["fast"], frames)
     source = Image.fromarray(frames[best])
     os.makedirs(os.path.join(out_dir, "workflows"), exist_ok=True)
-    paths = {"lipar_video_edit": pruned, "baseline_video_edit": source}
-    for name, im in paths.items():
+    stills = {WORKFLOWS["lipar"].title: pruned, WORKFLOWS["baseline"].title: source,
+              WORKFLOWS["fast"].title: badge(pruned_fast)}
+    for name, im in stills.items():
         im.save(os.path.join(out_dir, "workflows", f"{name}.jpg"), quality=90, optimize=True)
     icon(pruned).save(os.path.join(out_dir, "icon.png"), optimize=True)
-    print(json.dumps({"frame": best, "prune_ratio": stats["prune_ratio"],
-                      "written": [f"workflows/{n}.jpg" for n in paths] + ["icon.png"]}))
+    print(json.dumps({"frame": best, "frame_fast": best_fast, "prune_ratio": stats,
+                      "written": [f"workflows/{n}.jpg" for n in stills] + ["icon.png"]}))
 
 
 if __name__ == "__main__":

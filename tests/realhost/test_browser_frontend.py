@@ -1,15 +1,18 @@
 """The UI workflows in the real ComfyUI front end (headless Chromium through Playwright).
 
-For the LIPAR workflow, the baseline, then the LIPAR workflow again: the page loads the UI
-file (app.loadGraphData), every node resolves to a registered node type, the front end's own
-conversion (app.graphToPrompt) equals the committed API file and its serialisation keeps the
-widget values; then the test's copy of the API workflow (text encoder replaced, see
-test_workflows_run.py) is queued with the page's client id, so the page receives the
-``executed`` messages over its websocket as if it had queued the run itself. Checked: the
-extension's panels show the pruner's statistics and the sampler's time/FPS/speed-up, the
-animated mask preview is shown on the pruner, and the console has no errors (beyond the
-host's own 404s for optional user files and requests to the internet, which this machine
-cannot reach).
+For the LIPAR workflow, the baseline, the LIPAR workflow again, then the fast (tiny VAE)
+workflow: the page loads the UI file (app.loadGraphData) without a missing-nodes or
+missing-models dialog (a copy of the fast workflow naming an absent tiny VAE does get the
+Missing Models dialog, so that check is live), every node resolves to a registered node
+type, the front end's own conversion (app.graphToPrompt) equals the committed API file and
+its serialisation keeps the widget values; then the test's copy of the API workflow (text
+encoder replaced, see test_workflows_run.py) is queued with the page's client id, so the
+page receives the ``executed`` messages over its websocket as if it had queued the run
+itself. Checked: the extension's panels show the pruner's statistics and the sampler's
+time/FPS/speed-up, the animated mask preview is shown on the pruner, no node covers another
+node's title (in the graph as the front end laid it out, as loaded and after the run), and
+the console has no errors (beyond the host's own 404s for optional user files and requests
+to the internet, which this machine cannot reach).
 
 Panel sizing: in every state (placeholder; pruner after a run; sampler after an unpruned run,
 after a pruned run without and with an earlier unpruned run; long notes with extra detail and
@@ -20,19 +23,21 @@ line in it, and the panel lies inside its node on screen. Screenshots of each st
 and their paths printed.
 
 The template browser (Templates in the left sidebar) lists the pack's UI workflows under
-its folder name with their thumbnails (workflows/<name>.jpg), and opening one loads it.
+its folder name, titled by their file names ("LIPAR video edit", ...), with their thumbnails
+(workflows/<name>.jpg), and opening one loads it.
 
 Needs the ``playwright`` Python package (no browser download) and Debian's chromium
 (``apt-get install chromium``); LIPAR_CHROMIUM may point at another Chromium binary.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import sys
 import time
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -41,6 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import workflow_check as wc  # noqa: E402
+from build_workflows import WORKFLOWS  # noqa: E402
 from comfy_host import ARTIFACTS, PACK_LINK_NAME, execution_error  # noqa: E402
 from test_workflows_run import node_of, with_test_conditioning  # noqa: E402
 
@@ -51,6 +57,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 ALLOWED_FAILING_PATHS = ("/api/userdata", "/user.css", "/favicon.ico")
 
 APP = "window.comfyAPI.app.app"
+
+# (UI file named by its template title, API file) of each example workflow
+FILES = {k: (f"{w.title}.json", f"api/{w.api}.json") for k, w in WORKFLOWS.items()}
 
 
 def chromium_path() -> str | None:
@@ -240,6 +249,27 @@ def shot_nodes(page, ids: list[int], path: str, pad: float = 24.0) -> str:
     return path
 
 
+COVERED_TITLES = """() => { const g = window.comfyAPI.app.app.graph, th = window.LiteGraph.NODE_TITLE_HEIGHT;
+    // a node's box (title bar included) and its title bar, in graph coordinates
+    const box = (n) => [n.pos[0], n.pos[1] - th, n.pos[0] + n.size[0], n.pos[1] + (n.flags?.collapsed ? 0 : n.size[1])];
+    const hit = (a, b) => a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+    const name = (n) => `${n.title} (node ${n.id}, at ${n.pos.map(Math.round)}, size ${n.size.map(Math.round)})`;
+    const out = [];
+    for (const a of g.nodes) for (const b of g.nodes) {
+        if (a !== b && hit(box(a), [b.pos[0], b.pos[1] - th, b.pos[0] + b.size[0], b.pos[1]]))
+            out.push(`${name(a)} covers the title of ${name(b)}`);
+    }
+    return out; }"""
+
+
+def check_titles_visible(page, label: str) -> None:
+    """No node lies over another node's title bar (nodes grow when the front end lays out their
+    widgets and the LIPAR panels, so this is checked on the graph as the front end has it)."""
+    next_frames(page, 3)
+    covered = page.evaluate(COVERED_TITLES)
+    assert not covered, f"{label}: " + "; ".join(covered)
+
+
 def panel_text(geo: dict, nid: int) -> str:
     return geo[nid]["text"]
 
@@ -269,8 +299,9 @@ def node_ids(page) -> dict[str, int]:
 PRUNER, SAMPLER = "LIPAR_LatentInterFramePruner", "LIPAR_SelfForcingSampler"
 VIEWPORT = (1600, 1000)
 
-LONG_NOTE = ("pruned latent with recovery 'none' (naive pruning): connect Token Restore before VAE Decode; "
-             "generate mode prunes by the input latent's motion, which is meant for editing; a deliberately long "
+LONG_NOTE = ("pruned run, naive pruning (recovery 'none'); pruned positions restored; KV window 21 frames with a "
+             "3-frame sink (1234 tokens kept whose anchor left the window); generate mode prunes by the input "
+             "latent's motion, which is meant for editing; a deliberately long "
              "note with an unbreakable token /models/diffusion_models/self_forcing_dmd_converted_from_official.safetensors")
 
 
@@ -326,8 +357,7 @@ def test_ui_workflows_open_run_and_show_lipar_panels(server, artifacts_dir):
             page = browser.new_page(viewport={"width": VIEWPORT[0], "height": VIEWPORT[1]})
             console = Console(page, server.url)
             page.goto(server.url)
-            types = sorted({n["type"] for rel in ("lipar_video_edit.json", "baseline_video_edit.json")
-                            for n in load(rel)["nodes"]})
+            types = sorted({n["type"] for ui_rel, _ in FILES.values() for n in load(ui_rel)["nodes"]})
             wait_app(page, types)
             page.wait_for_function(f"() => ({APP}.extensions ?? []).some(e => e.name === 'lipar.nodes')",
                                    timeout=30_000)
@@ -340,8 +370,7 @@ def test_ui_workflows_open_run_and_show_lipar_panels(server, artifacts_dir):
                 assert not open_dialogs(page), f"{ui_rel}: the front end reports {open_dialogs(page)}"
                 return wf, with_test_conditioning(api)
 
-            lipar_files = ("lipar_video_edit.json", "api/lipar_video_edit_api.json")
-            base_files = ("baseline_video_edit.json", "api/baseline_video_edit_api.json")
+            lipar_files, base_files, fast_files = FILES["lipar"], FILES["baseline"], FILES["fast"]
 
             # 1. the LIPAR workflow as loaded from its file: placeholders, then a pruned run with no
             #    unpruned run before it in this browser session
@@ -352,7 +381,9 @@ def test_ui_workflows_open_run_and_show_lipar_panels(server, artifacts_dir):
             check_panels_fit(page, [pruner, sampler], "workflow file, placeholder", state="empty")
             shot("panels_workflow_placeholder", [pruner, sampler])
             checked.append("workflow file: placeholders")
+            check_titles_visible(page, f"{lipar_files[0]} as loaded")
             h = run_and_wait(page, server, api, client_id, [pruner, sampler])
+            check_titles_visible(page, f"{lipar_files[0]} after a run")
             geo = check_panels_fit(page, [pruner, sampler], "workflow file, pruned run without baseline", state="done")
             assert "run the unpruned baseline on the same video to compare" in panel_text(geo, sampler)
             assert "Pruned" in panel_text(geo, pruner)
@@ -364,10 +395,12 @@ def test_ui_workflows_open_run_and_show_lipar_panels(server, artifacts_dir):
             _, base_api = open_ui(*base_files)
             base_sampler = node_ids(page)[SAMPLER]
             assert base_sampler == int(node_of(base_api, SAMPLER))
+            check_titles_visible(page, f"{base_files[0]} as loaded")
             check_panels_fit(page, [base_sampler], "baseline workflow file, placeholder", state="empty")
             base_h = run_and_wait(page, server, base_api, client_id, [base_sampler])
             time.sleep(1.0)                    # the workflow's own saved view (extra.ds)
             shot("baseline_video_edit_after_run")
+            check_titles_visible(page, f"{base_files[0]} after a run")
             geo = check_panels_fit(page, [base_sampler], "baseline workflow file, unpruned run", state="done")
             assert "unpruned (no pruning plan)" in panel_text(geo, base_sampler)
             shot("panels_workflow_unpruned", [base_sampler])
@@ -387,6 +420,9 @@ def test_ui_workflows_open_run_and_show_lipar_panels(server, artifacts_dir):
             info = h["outputs"][str(sampler)]["lipar_sampler"][0]
             time.sleep(1.0)                    # the workflow's own saved view (extra.ds)
             shot("lipar_video_edit_overview")
+            check_titles_visible(page, f"{lipar_files[0]} after a run")
+            sizes = page.evaluate(f"() => Object.fromEntries({APP}.graph.nodes.map((n) => [n.id, [...n.size]]))")
+            print(f"\n[realhost] {lipar_files[0]} node sizes after a run: {sizes}")
             geo = check_panels_fit(page, [pruner, sampler], "workflow file, pruned run after the baseline", state="done")
             shot("panels_workflow_pruned_speedup", [pruner, sampler])
             checked.append("workflow file: pruner after a run, sampler pruned with the speed-up line")
@@ -405,6 +441,23 @@ def test_ui_workflows_open_run_and_show_lipar_panels(server, artifacts_dir):
             if info.get("note"):
                 assert info["note"] in sp.replace("\n", " ") or info["note"] in sp, sp
             print(f"\n[realhost] pruner panel:\n{pp}\n[realhost] sampler panel:\n{sp}")
+
+            # 3b. the fast workflow (tiny VAE from models/vae_approx): opens without a missing-models
+            #     dialog (the fixture has the file), runs, prunes, and its layout holds after the run
+            fast_wf, fast_api = open_ui(*fast_files)
+            fast_ids = node_ids(page)
+            check_titles_visible(page, f"{fast_files[0]} as loaded")
+            fast_h = run_and_wait(page, server, fast_api, client_id, [fast_ids[PRUNER], fast_ids[SAMPLER]])
+            time.sleep(1.0)                    # the workflow's own saved view (extra.ds)
+            shot("lipar_fast_video_edit_after_run")
+            check_titles_visible(page, f"{fast_files[0]} after a run")
+            assert not open_dialogs(page), open_dialogs(page)
+            fast_info = fast_h["outputs"][str(fast_ids[SAMPLER])]["lipar_sampler"][0]
+            assert fast_info["tokens_computed"] < fast_info["tokens_full"], fast_info
+            geo = check_panels_fit(page, [fast_ids[PRUNER], fast_ids[SAMPLER]], "fast workflow file, pruned run",
+                                   state="done")
+            shot("panels_fast_workflow_pruned", [fast_ids[PRUNER], fast_ids[SAMPLER]])
+            checked.append("fast workflow file: pruner and sampler after a run")
 
             # 4. every state again, on nodes at their default size: freshly added from the node menu,
             #    and freshly loaded from the workflow file (the messages the runs above sent, replayed
@@ -448,6 +501,24 @@ def test_ui_workflows_open_run_and_show_lipar_panels(server, artifacts_dir):
                     shot(f"panels_{origin}_nodes_{name}", shown)
                     checked.append(f"{origin} nodes: {name}")
 
+            # the missing-models check on opening is live: the fast workflow naming a tiny VAE file
+            # that models/vae_approx does not have gets the front end's Missing Models dialog
+            missing = copy.deepcopy(fast_wf)
+            for n in missing["nodes"]:
+                if n["type"] == "VAELoader":
+                    n["widgets_values"] = ["lighttaew2_1_not_here.safetensors"]
+                    n["properties"]["models"][0]["name"] = "lighttaew2_1_not_here.safetensors"
+            before = len(console.errors)
+            open_workflow(page, missing, "missing tiny VAE")
+            page.get_by_text("Missing Models").first.wait_for(timeout=10_000)
+            assert "Missing Models" in open_dialogs(page)
+            time.sleep(1.5)
+            page.keyboard.press("Escape")
+            # the dialog asks Hugging Face for the file's size: the internet, unreachable here
+            offline = [e for e in console.errors[before:] if e.startswith("Error fetching file size")]
+            console.ignored += offline
+            console.errors[before:] = [e for e in console.errors[before:] if e not in offline]
+
             print("[realhost] panel states checked (no clipping, inside the node):\n  " + "\n  ".join(checked))
             print("[realhost] console lines:", len(console.all), "ignored host/offline errors:", console.ignored)
             assert not console.errors, "\n".join(console.errors)
@@ -481,14 +552,15 @@ def test_template_browser_shows_the_pack_workflows_with_thumbnails(server, artif
     folder name lists its UI workflows. ComfyUI frontend 1.35.9 titles a custom-node template
     with its file name and loads its thumbnail from /api/workflow_templates/<pack>/<name>.jpg
     (workflows/<name>.jpg next to the .json); a missing thumbnail is a 404 (a console error
-    here) and the card falls back to a generic gradient. Opening a card loads the workflow."""
+    here) and the card falls back to a generic gradient. So the UI files are named by their
+    titles ("LIPAR video edit.json", ...). Opening a card loads the workflow."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
     chromium = chromium_path()
     if chromium is None:
         pytest.skip("no Chromium: apt-get install chromium (or set LIPAR_CHROMIUM)")
     server.post("/settings", {"Comfy.TutorialCompleted": True})
     names = sorted(server.get("/api/workflow_templates")[PACK_LINK_NAME])
-    assert names, "the pack lists no templates"
+    assert names == sorted(w.title for w in WORKFLOWS.values()), names
     thumbs = {name: jpeg_size(os.path.join(ROOT, "workflows", f"{name}.jpg")) for name in names}
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=FLAGS, headless=True)
@@ -496,10 +568,11 @@ def test_template_browser_shows_the_pack_workflows_with_thumbnails(server, artif
             page = browser.new_page(viewport={"width": VIEWPORT[0], "height": VIEWPORT[1]})
             console = Console(page, server.url)
             fetched: dict[str, int] = {}
-            page.on("response", lambda r: fetched.__setitem__(urlparse(r.url).path, r.status)
+            page.on("response", lambda r: fetched.__setitem__(unquote(urlparse(r.url).path), r.status)
                     if "/api/workflow_templates/" in r.url else None)
             page.goto(server.url)
-            types = sorted({n["type"] for n in load("lipar_video_edit.json")["nodes"]})
+            lipar_ui = FILES["lipar"][0]
+            types = sorted({n["type"] for ui_rel, _ in FILES.values() for n in load(ui_rel)["nodes"]})
             wait_app(page, types)
             page.locator("button.templates-tab-button[aria-label='Templates']").click()
             page.get_by_role("dialog").get_by_text("Templates", exact=True).first.wait_for(timeout=30_000)
@@ -524,12 +597,13 @@ def test_template_browser_shows_the_pack_workflows_with_thumbnails(server, artif
                 assert tuple(c["img"]) == thumbs[name], (name, c, thumbs[name])   # our thumbnail, not a fallback
                 assert fetched.get(f"/api/workflow_templates/{PACK_LINK_NAME}/{name}.jpg") == 200, fetched
             # opening a card loads the workflow it shows
-            page.locator('[data-testid="template-workflow-lipar_video_edit"]').click()
+            page.locator(f'[data-testid="template-workflow-{lipar_ui[:-5]}"]').click()
             page.wait_for_function(f"() => {APP}.graph.nodes.some((n) => n.type === 'LIPAR_LatentInterFramePruner')",
                                    timeout=30_000)
             loaded = sorted(page.evaluate(f"() => {APP}.graph.nodes.map((n) => n.type)"))
-            assert loaded == sorted(n["type"] for n in load("lipar_video_edit.json")["nodes"])
+            assert loaded == sorted(n["type"] for n in load(lipar_ui)["nodes"])
             time.sleep(1.0)
+            assert not open_dialogs(page), open_dialogs(page)
             opened = os.path.join(artifacts_dir, "template_opened_lipar_video_edit.png")
             page.screenshot(path=opened)
             print(f"\n[realhost] template cards: {cards}")

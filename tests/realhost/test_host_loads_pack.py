@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -13,7 +14,11 @@ sys.path.insert(0, HERE)
 
 import dump_core_nodes  # noqa: E402
 import workflow_check as wc  # noqa: E402
+from build_workflows import WORKFLOWS  # noqa: E402
 from comfy_host import PACK_LINK_NAME  # noqa: E402
+
+UI_FILES = [f"{w.title}.json" for w in WORKFLOWS.values()]       # named by their template titles
+API_FILES = [f"api/{w.api}.json" for w in WORKFLOWS.values()]
 
 LIPAR_NODES = {
     "LIPAR_LatentInterFramePruner": "Latent Inter-Frame Pruner",
@@ -76,11 +81,13 @@ def test_core_node_fixture_matches_this_comfyui(server):
 
 def test_workflows_validate_against_the_live_node_definitions(server):
     defs = wc.definitions(server.get("/object_info"))
-    for rel in ("lipar_video_edit.json", "baseline_video_edit.json"):
+    # the tiny VAE of the fast workflow is listed from models/vae_approx (lighttaew2_1*)
+    assert "lighttaew2_1.safetensors" in defs["VAELoader"].input("vae_name").options
+    for rel in UI_FILES:
         with open(os.path.join(ROOT, "workflows", rel)) as f:
             wf = json.load(f)
         assert not wc.check_ui(wf, defs), wc.check_ui(wf, defs)
-    for rel in ("api/lipar_video_edit_api.json", "api/baseline_video_edit_api.json"):
+    for rel in API_FILES:
         with open(os.path.join(ROOT, "workflows", rel)) as f:
             api = json.load(f)
         errs = [e for e in wc.check_api(api, defs)]
@@ -90,14 +97,15 @@ def test_workflows_validate_against_the_live_node_definitions(server):
 
 def test_workflow_templates_and_web_extension_are_served(server):
     templates = server.get("/api/workflow_templates")
-    assert sorted(templates.get(PACK_LINK_NAME, [])) == ["baseline_video_edit", "lipar_video_edit"], templates
+    assert sorted(templates.get(PACK_LINK_NAME, [])) == sorted(w.title for w in WORKFLOWS.values()), templates
     for name in templates[PACK_LINK_NAME]:
-        served = server.get(f"/api/workflow_templates/{PACK_LINK_NAME}/{name}.json")
+        url = f"/api/workflow_templates/{PACK_LINK_NAME}/{urllib.parse.quote(name)}"
+        served = server.get(url + ".json")
         served = json.loads(served) if isinstance(served, (bytes, str)) else served
         with open(os.path.join(ROOT, "workflows", f"{name}.json")) as f:
             assert served == json.load(f)
         # the thumbnail the template browser (frontend 1.35.9) asks for: <name>.jpg next to the json
-        thumb, status = server.request("GET", f"/api/workflow_templates/{PACK_LINK_NAME}/{name}.jpg")
+        thumb, status = server.request("GET", url + ".jpg")
         assert status == 200 and thumb[:3] == b"\xff\xd8\xff", (name, status, thumb[:16])
         with open(os.path.join(ROOT, "workflows", f"{name}.jpg"), "rb") as f:
             assert thumb == f.read()

@@ -1,6 +1,10 @@
 """The API workflows run end-to-end through the real server on CPU (tiny random-weight models
 of the real architectures; see make_fixtures.py) and write output videos.
 
+The fast workflow runs with a random-weight tiny VAE of the lighttaew2_1 architecture
+(ComfyUI's TAEHV) as ``models/vae_approx/lighttaew2_1.safetensors``, the file the workflow
+names, for VAE Encode and VAE Decode.
+
 Text conditioning: ComfyUI's CLIPLoader builds the umt5-xxl encoder from a fixed config
 (5.7 B parameters), so no small text encoder loads through it. The test copy of each
 API workflow therefore replaces Load CLIP + CLIP Text Encode with ComfyUI's core
@@ -25,6 +29,7 @@ from comfy_host import ARTIFACTS, execution_error, run_comfy_python  # noqa: E40
 
 LIPAR_API = "api/lipar_video_edit_api.json"
 BASELINE_API = "api/baseline_video_edit_api.json"
+FAST_API = "api/lipar_fast_video_edit_api.json"
 CLIP_FRAMES, CLIP_W, CLIP_H = 21, 128, 96
 
 
@@ -68,9 +73,9 @@ def probe(comfy, *paths: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(comfy, server):
-    """Run the baseline and the LIPAR workflow once each; the tests below inspect the results."""
+    """Run the baseline, the LIPAR and the fast workflow once each; the tests below inspect the results."""
     res = {}
-    for name, rel in (("baseline", BASELINE_API), ("lipar", LIPAR_API)):
+    for name, rel in (("baseline", BASELINE_API), ("lipar", LIPAR_API), ("fast", FAST_API)):
         api = with_test_conditioning(load_api(rel))
         h = server.run(api)
         res[name] = (api, h)
@@ -130,6 +135,35 @@ def test_lipar_workflow_runs_prunes_and_writes_a_video(comfy, server, runs):
     base_api, base_h = runs["baseline"]
     (b,) = probe(comfy, saved_video(server, base_h, base_api))
     assert v["sha256"] != b["sha256"], "pruned and unpruned runs should differ somewhere"
+
+
+def test_fast_workflow_runs_with_the_tiny_vae_and_prunes(comfy, server, runs):
+    """The LIPAR graph with the tiny VAE (lighttaew2_1 architecture, from models/vae_approx) for
+    encoding and decoding: it runs, the pruner plans on the tiny VAE's latent and the sampler
+    computes fewer tokens than the unpruned baseline; the video has the clip's frames and size."""
+    api, h = runs["fast"]
+    assert api[node_of(api, "VAELoader")]["inputs"]["vae_name"] == "lighttaew2_1.safetensors"
+    assert h["status"]["status_str"] == "success", execution_error(h)
+    stats = h["outputs"][node_of(api, "LIPAR_LatentInterFramePruner")]["lipar_stats"][0]
+    info = h["outputs"][node_of(api, "LIPAR_SelfForcingSampler")]["lipar_sampler"][0]
+    print("\nfast pruner stats:", json.dumps(stats))
+    print("fast sampler:", json.dumps(info))
+    assert len(stats["prune_ratio_per_frame"]) == (CLIP_FRAMES - 1) // 4 + 1
+    assert 0 < stats["prune_ratio"] < 1
+    assert info["recovery"] == "noise_aware" and abs(info["prune_ratio"] - stats["prune_ratio"]) < 1e-6
+    base_api, base_h = runs["baseline"]
+    base_info = base_h["outputs"][node_of(base_api, "LIPAR_SelfForcingSampler")]["lipar_sampler"][0]
+    assert info["tokens_full"] == base_info["tokens_full"]
+    assert info["tokens_computed"] < base_info["tokens_computed"], (info, base_info)
+    (v,) = probe(comfy, saved_video(server, h, api))
+    print("fast video:", v)
+    ARTIFACTS.append(f"fast (tiny VAE) output video: {v['path']} ({v['frames']} frames {v['width']}x{v['height']}); "
+                     f"pruned {stats['prune_ratio'] * 100:.1f}%; sampler {info['seconds']:.3f} s, "
+                     f"{info['tokens_computed']}/{info['tokens_full']} tokens")
+    assert (v["frames"], v["width"], v["height"], v["codec"]) == (CLIP_FRAMES, CLIP_W, CLIP_H, "h264")
+    lipar_api, lipar_h = runs["lipar"]
+    (w,) = probe(comfy, saved_video(server, lipar_h, lipar_api))
+    assert v["sha256"] != w["sha256"], "the tiny VAE should give another video than the Wan VAE"
 
 
 def test_official_pt_through_load_self_forcing_checkpoint(comfy, server, runs):

@@ -1,6 +1,6 @@
 """Small random-weight models of the real architectures, and a test clip, for the real-host tier.
 
-Run inside ComfyUI's Python (the VAE's key set comes from ComfyUI's own ``WanVAE`` class;
+Run inside ComfyUI's Python (the VAEs' key sets come from ComfyUI's own ``WanVAE`` and ``TAEHV`` classes;
 the clip is written with PyAV, a ComfyUI requirement). Nothing here is committed output:
 every file is written at test time into a temporary directory.
 
@@ -11,6 +11,9 @@ every file is written at test time into a temporary directory.
   ``local`` (default) its convolutions only use their centre tap of the current frame, so
   (like the trained VAE, unlike random 3x3x3 stacks whose receptive field spans the whole
   clip) static regions encode to the same latent in every frame and the pruner prunes them.
+* ``tiny_taehv_state_dict``: the tiny VAE the fast workflow loads as ``lighttaew2_1.safetensors``
+  from ``models/vae_approx/`` (ComfyUI's ``TAEHV`` class, random weights, float32; local in the
+  same sense).
 * ``write_clip``: an H.264 mp4 with a static textured background and a moving square, so
   the pruner has both static (prunable) and moving (kept) patches.
 * ``write_conditioning_shard``: a CONDITIONING for ComfyUI's core ``LoadTrainingDataset``
@@ -107,6 +110,52 @@ def write_tiny_wan_vae(path: str, dim: int = 8) -> None:
     from safetensors.torch import save_file
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     save_file(tiny_wan_vae_state_dict(dim), path)
+
+
+def tiny_taehv_state_dict(seed: int = 0, local: bool = True):
+    """A random-weight tiny Wan2.1 VAE of the lighttaew2_1 architecture: ComfyUI's own
+    ``comfy.taesd.taehv.TAEHV(latent_channels=16)`` (the architecture is fixed; only the weights
+    are made up). Float32: ComfyUI takes a float16 file of this layout for HunyuanVideo's taehv.
+
+    With ``local`` (default), as for the tiny Wan VAE above: 3x3 convolutions use only their
+    centre tap and the memory blocks ignore the previous frame, so each latent sees only its
+    own pixels and a static background encodes to the same latent in every latent frame (the
+    trained tiny VAE does this too; random temporal and spatial mixing would not)."""
+    import torch
+    import comfy.taesd.taehv as taehv
+
+    g = torch.Generator().manual_seed(seed)
+    net = taehv.TAEHV(latent_channels=16)
+    mem_inputs = {f"{name}.conv.0.weight" for name, m in net.named_modules() if isinstance(m, taehv.MemBlock)}
+    sd = {}
+    for k, v in net.state_dict().items():
+        if k.endswith("bias"):
+            t = torch.zeros(v.shape)
+        elif v.ndim == 4:
+            fan_in = v.shape[1] * (1 if local else v.shape[2] * v.shape[3])
+            t = torch.randn(v.shape, generator=g) / fan_in ** 0.5
+            if local and v.shape[-1] == 3:
+                centre = t[:, :, 1, 1].clone()
+                t.zero_()
+                t[:, :, 1, 1] = centre
+            if local and k in mem_inputs:
+                t[:, v.shape[1] // 2:] = 0          # the half of the input that is the previous frame
+        else:
+            t = torch.randn(v.shape, generator=g) / max(1, v[0].numel()) ** 0.5
+        sd[k] = t.float().contiguous()
+    # latents spread like the Wan VAE's (a few units), decoded pixels around mid-grey
+    last_enc = f"encoder.{len(net.encoder) - 1}"
+    last_dec = f"decoder.{len(net.decoder) - 1}"
+    sd[f"{last_enc}.weight"] *= 16.0
+    sd[f"{last_dec}.weight"] *= 0.2
+    sd[f"{last_dec}.bias"] += 0.5
+    return sd
+
+
+def write_tiny_taehv(path: str) -> None:
+    from safetensors.torch import save_file
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    save_file(tiny_taehv_state_dict(), path)
 
 
 def clip_frames(frames: int = 21, width: int = 128, height: int = 96):
