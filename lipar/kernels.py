@@ -51,18 +51,31 @@ def _rope_kernel():
     return rope_kernel
 
 
-def rope_supported(x: torch.Tensor, table: torch.Tensor) -> bool:
+def capture_allocations_unmapped() -> bool:
+    """True while a CUDA graph is being captured under the ``cudaMallocAsync`` allocator (the one
+    ComfyUI's main.py selects): tensors allocated during such a capture have no device mapping
+    until the graph runs, and Triton's launcher refuses them ("cannot be accessed from Triton")."""
+    return torch.cuda.is_current_stream_capturing() and torch.cuda.get_allocator_backend() == "cudaMallocAsync"
+
+
+def rope_supported(x: torch.Tensor, table: torch.Tensor, out: torch.Tensor | None = None) -> bool:
+    """Where ``rope_triton`` runs: CUDA, Triton, a power-of-two half head dim, contiguous x (and
+    out); during a cudaMallocAsync capture only with an ``out`` made before it."""
     half = x.shape[-1] // 2
     return (x.is_cuda and table.dtype == torch.complex64 and x.dtype in (torch.bfloat16, torch.float16, torch.float32)
-            and half & (half - 1) == 0 and x.is_contiguous() and triton_available())
+            and half & (half - 1) == 0 and x.is_contiguous() and triton_available()
+            and (out.is_contiguous() if out is not None else not capture_allocations_unmapped()))
 
 
 def rope_triton(x: torch.Tensor, table: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """x [B, N, H, D] contiguous, table [N, D/2] complex64 -> rotated copy of x, written to
-    ``out`` (contiguous, x's shape) when given."""
+    ``out`` (contiguous, x's shape) when given. In a cudaMallocAsync capture x was just
+    allocated, so it is copied into ``out`` and rotated there (the kernel works in place)."""
     b, n, h, d = x.shape
     if out is None:
         out = torch.empty_like(x)
+    elif capture_allocations_unmapped() and x.data_ptr() != out.data_ptr():
+        x = out.copy_(x)
     # tiles of ~1024 elements: on an H100 (4680 x 12 x 128 bf16) 32-37 us, against 74-79 us for
     # one program per token and 94-108 us for 4096-element tiles (benchmarks/NOTES.md, v10)
     block_h = min(h & -h, 4)          # heads per tile: the largest power of two dividing H, at most 4

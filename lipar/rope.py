@@ -47,7 +47,7 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor, out: torch.Tensor | None = 
     """
     from lipar.kernels import rope_supported, rope_triton
 
-    if rope_supported(x, table) and (out is None or out.is_contiguous()):
+    if rope_supported(x, table, out):
         return rope_triton(x, table, out=out)
     b, n, h, d = x.shape
     real = torch.float64 if table.dtype == torch.complex128 else torch.float32
