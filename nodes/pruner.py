@@ -12,7 +12,7 @@ from . import host
 from ._lib import lipar
 from .common import CATEGORY, PLAN_KEY, latent_samples, log, user_errors
 
-PREVIEW_MAX_SIDE = 512   # the in-node animation is downscaled to this; the IMAGE output keeps full size
+PREVIEW_MAX_SIDE = 384   # the in-node animation is downscaled to this (the node is ~380 px wide); the IMAGE output keeps full size
 _DEFAULTS = lipar.PlanConfig()   # widget defaults are the library's measured defaults
 LATENT_FPS = 4.0         # the in-node animation shows one frame per latent frame (4 video frames)
 
