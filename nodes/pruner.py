@@ -58,8 +58,9 @@ class LatentInterFramePruner:
     RETURN_NAMES = ("latent", "mask_preview")
     OUTPUT_TOOLTIPS = (
         "The same latent with the pruning plan attached; connect it to the Self-Forcing Causal Sampler.",
-        "The pruning mask: the source frames with pruned patches tinted blue (or the masks alone, kept white, "
-        "pruned dark blue, one per latent frame, when no images are connected).",
+        "The pruning mask, one frame per latent frame (the frame each latent frame ends on: video frames 0, 4, "
+        "8, ...): the source frames with pruned patches tinted blue, or the masks alone (kept white, pruned dark "
+        "blue) when no images are connected.",
     )
 
     @classmethod
@@ -109,7 +110,11 @@ class LatentInterFramePruner:
             frames = None
             if images is not None:
                 t, h, w = samples.shape[2:]
-                frames, what = lipar.preview.fit_frames(images.to(device), t, h, w)
+                if isinstance(images, torch.Tensor) and images.shape[0] == 4 * (t - 1) + 1:
+                    images = lipar.preview.one_frame_per_latent_frame(images, t)   # only these move to the GPU
+                if isinstance(images, torch.Tensor) and images.shape[0] == t:
+                    images = images.to(device)
+                frames, what = lipar.preview.fit_frames(images, t, h, w)
                 if what:
                     log.warning("pruner preview: %s.", what)
             preview = lipar.preview.mask_preview(plan, frames)
@@ -117,7 +122,7 @@ class LatentInterFramePruner:
         out = dict(latent)
         out[PLAN_KEY] = plan.to("cpu")
         stats = plan_stats(plan)
-        ui_image = write_preview(lipar.preview.one_frame_per_latent_frame(preview, plan.frames), LATENT_FPS)
+        ui_image = write_preview(preview, LATENT_FPS)
         preview = preview.to(host.intermediate_device())
         log.info("pruner: %.1f%% of tokens pruned (kept %s of %d per sample; %d latent frames, chunks of %d)%s",
                  stats["prune_ratio"] * 100, stats["tokens_kept"], stats["tokens_total"], plan.frames,

@@ -251,15 +251,17 @@ def test_pruner_attaches_plan_and_shows_mask(raw, clip, frames, temp_dir):
     assert stats["tokens_total"] == 6 * 4 * 6 and stats["tokens_kept"] == int(plan.keep.sum())
     assert len(stats["prune_ratio_per_frame"]) == 6 and stats["prune_ratio_per_frame"][0] == 0.0
     assert stats["kept_per_chunk"][0][0] == 3 * 24
-    # with the source frames: every frame, pruned patches tinted, kept ones untouched
+    # with the source frames: the frame each latent frame ends on, pruned patches tinted, kept ones untouched
     before_frames = frames.clone()
     _, tinted = prune({"samples": raw}, images=frames)["result"]
     assert torch.equal(frames, before_frames)
-    assert tinted.shape == frames.shape
-    kept_px = plan.keep[0, 1].repeat_interleave(16, 0).repeat_interleave(16, 1)   # video frames 1..4 -> latent frame 1
-    assert torch.allclose(tinted[2][kept_px], frames[2][kept_px])
-    if (~kept_px).any():
-        assert not torch.allclose(tinted[2][~kept_px], frames[2][~kept_px])
+    assert tinted.shape == (6,) + tuple(frames.shape[1:])
+    for t in range(6):
+        kept_px = plan.keep[0, t].repeat_interleave(16, 0).repeat_interleave(16, 1)   # latent frame t ends on 4t
+        assert torch.allclose(tinted[t][kept_px], frames[4 * t][kept_px])
+        if (~kept_px).any():
+            assert not torch.allclose(tinted[t][~kept_px], frames[4 * t][~kept_px])
+    assert (~plan.keep[0, 1:]).any()
 
 
 def test_pruner_preview_goes_to_comfyui_temp_directory(raw, tmp_path, monkeypatch):
@@ -312,7 +314,7 @@ def test_pruner_images_of_other_sizes_never_block_the_edit(raw, size, done, capl
     with caplog.at_level("WARNING", logger="lipar"):
         out, preview = prune({"samples": raw}, images=frames)["result"]
     assert done in caplog.text
-    assert preview.shape == (21, 64, 96, 3) and torch.equal(out["lipar_plan"].keep, base.keep)
+    assert preview.shape == (6, 64, 96, 3) and torch.equal(out["lipar_plan"].keep, base.keep)
     if "cropped" in done:          # kept patches show the centre-cropped source pixels untouched
         dy, dx = (size[0] - 64) // 2, (size[1] - 96) // 2
         kept_px = base.keep[0, 0].repeat_interleave(16, 0).repeat_interleave(16, 1)
