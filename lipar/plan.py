@@ -1,4 +1,4 @@
-"""Latent inter-frame pruning plans (paper Eq. 1, 5-6; DESIGN section 2.1-2.2).
+"""Latent inter-frame pruning plans (paper Eq. 1, 5-6).
 
 A plan says, for every latent token (a 16x1x2x2 patch of a Wan latent), whether the
 transformer computes it (kept) or skips it (pruned), and for each pruned token which

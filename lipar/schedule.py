@@ -1,4 +1,4 @@
-"""Self-Forcing's flow-matching timesteps (DESIGN section 3).
+"""Self-Forcing's flow-matching timesteps (Self-Forcing's scheduler: shift 5, x0 = x_t - s v).
 
 A nominal step ``t`` in [0, 1000] maps to ``u = t / 1000`` and then through the shift:
 ``s = shift * u / (1 + (shift - 1) * u)``. The model sees timestep ``1000 * s``;
