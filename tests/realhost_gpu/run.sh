@@ -10,23 +10,9 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$ROOT"
-PY=${PYTHON:-python3}
-SITE=.gpu/site
-
-if [ ! -d .gpu/comfyui ] || [ ! -d .gpu/wheels ]; then
-  echo "run.sh: .gpu/comfyui or .gpu/wheels is missing: run tests/realhost_gpu/prepare.sh where PyPI is reachable" \
-       "and carry .gpu/comfyui .gpu/wheels .gpu/comfy_overlay" >&2
-  exit 2
-fi
-stamp="$(cd .gpu/wheels && ls -1 *.whl | sort | tr '\n' ' ')"
-if [ ! -f "$SITE/.installed" ] || [ "$(cat "$SITE/.installed")" != "$stamp" ]; then
-  rm -rf "$SITE"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .gpu/wheels/*.whl || exit 3
-  echo "$stamp" > "$SITE/.installed"
-fi
-export PYTHONPATH="$ROOT/$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
+SCRIPT=run.sh
+# shellcheck source=tests/realhost_gpu/site.sh
+. "$ROOT/tests/realhost_gpu/site.sh"
 export LIPAR_REALHOST_GPU_COMMAND="bash tests/realhost_gpu/run.sh $*"
 
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/[realhost_gpu] GPU: /'
