@@ -127,7 +127,10 @@ class SelfForcingSampler:
         options = {**DEFAULT_OPTIONS, **(patch_options or {})}
         context = conditioning_context(positive)
         steps_text = str(steps).strip()
-        with user_errors():
+        inner = model.model
+        process_in = getattr(inner, "process_latent_in", lipar.latents.normalize_wan21)
+        process_out = getattr(inner, "process_latent_out", lipar.latents.denormalize_wan21)
+        with user_errors(), torch.no_grad():
             config = lipar.SamplerConfig(
                 mode=mode, steps=lipar.schedule.parse_steps(steps_text) if steps_text else None, shift=float(shift),
                 chunk_frames=int(chunk_frames), seed=int(seed), recovery=options["recovery"],
@@ -135,8 +138,9 @@ class SelfForcingSampler:
                 dtype=compute_dtype(model, module), window_frames=int(window_frames),
                 sink_frames=int(sink_frames)).validate()
             lipar.validate.check_latent(samples, what="latent")
-            if plan is not None:
-                plan.check_fits(tuple(samples.shape), config.chunk_frames)
+            z = process_in(samples.float())
+            if plan is not None:      # before the model is loaded: a plan for another latent is refused at once
+                plan.check_latent(z, config.chunk_frames)
             cfg = lipar.causal.check_wan_module(module)
 
         needed = inference_memory(cfg, samples.shape, config)
@@ -146,9 +150,6 @@ class SelfForcingSampler:
         graphs = cuda_graphs_allowed(model)
         if graphs is not None:
             config = dataclasses.replace(config, cuda_graphs=graphs)
-        inner = model.model
-        process_in = getattr(inner, "process_latent_in", lipar.latents.normalize_wan21)
-        process_out = getattr(inner, "process_latent_out", lipar.latents.denormalize_wan21)
 
         progress = host.Progress(1)
         previews = host.ChunkPreviews(model)
@@ -158,7 +159,6 @@ class SelfForcingSampler:
             progress.update(info.done, info.total, previews.ready())
 
         with user_errors(), torch.no_grad():
-            z = process_in(samples.float())
             result = lipar.sample(module, context, z, plan=plan, config=config, device=device, on_pass=on_pass,
                                   on_chunk=previews.chunk_done)
             restored = lipar.restore_latent(result.latent, result.plan)

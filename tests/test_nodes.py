@@ -684,3 +684,16 @@ def test_graphs_are_released_when_comfyui_needs_the_memory(monkeypatch):
     mm.vram_state, mm.get_free_memory, model.model.model_lowvram = 2, (lambda device: 100), False
     assert not keep_graphs(model, cuda, 10)
     assert keep_graphs(model, torch.device("cpu"), 10)
+
+
+def test_a_plan_for_another_latent_is_refused_before_the_model_is_loaded(wan, positive, raw, monkeypatch):
+    import nodes.host as host
+
+    loads = []
+    monkeypatch.setattr(host, "load_model", lambda *a, **k: loads.append(a))
+    pruned_latent, _ = prune({"samples": raw})["result"]
+    with pytest.raises(ValueError, match="made for another latent"):
+        sample(FakePatcher(wan), positive, {"samples": raw.flip(-1), "lipar_plan": pruned_latent["lipar_plan"]})
+    assert loads == []
+    sample(FakePatcher(wan), positive, pruned_latent)
+    assert len(loads) == 1
