@@ -8,6 +8,7 @@ BASE_DIR/models/vae/wan_2.1_vae.safetensors                    tiny Wan2.1 VAE (
 BASE_DIR/models/vae_approx/lighttaew2_1.safetensors            tiny VAE of the lighttaew2_1 architecture, random weights
 BASE_DIR/models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors  placeholder (never loaded)
 BASE_DIR/input/lipar_input.mp4                                 21 frames 128x96 (6 latent frames = 2 chunks)
+BASE_DIR/input/lipar_input_odd.mp4                             65 frames 134x100 (VAE Encode crops to 128x96; short last chunk)
 BASE_DIR/output/lipar_cond/shard_0000.pkl                      CONDITIONING for LoadTrainingDataset
 
 The file names are the ones the workflows in workflows/ reference, so the API workflows
@@ -45,6 +46,9 @@ def main() -> None:
         f.write(b"placeholder: never loaded by the real-host tests")
     clip = os.path.join(base, "input", "lipar_input.mp4")
     tm.write_clip(clip, frames=21, width=128, height=96)
+    # a real-world shape: a size that is not a multiple of 8 (as 854x480) and a length whose last
+    # chunk is short (65 frames = 17 latent frames = 5 chunks of 3 + 2)
+    tm.write_clip(os.path.join(base, "input", "lipar_input_odd.mp4"), frames=65, width=134, height=100)
     shard = tm.write_conditioning_shard(os.path.join(base, "output"))
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 2), "clip": tm.probe_video(clip),
                       "dit_params": sum(v.numel() for v in sd.values()), "shard": shard}))

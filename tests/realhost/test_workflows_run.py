@@ -137,6 +137,23 @@ def test_lipar_workflow_runs_prunes_and_writes_a_video(comfy, server, runs):
     assert v["sha256"] != b["sha256"], "pruned and unpruned runs should differ somewhere"
 
 
+def test_lipar_workflow_on_a_video_of_real_world_size_and_length(comfy, server):
+    """134x100 (not a multiple of 8: VAE Encode crops it to 128x96, as 854x480 to 848x480) and 65
+    frames (17 latent frames: the last chunk holds 2): the pruner's source images are cropped
+    the same way instead of stopping the edit, and the sampler runs the short chunk."""
+    api = with_test_conditioning(load_api(LIPAR_API))
+    api[node_of(api, "LoadVideo")]["inputs"]["file"] = "lipar_input_odd.mp4"
+    h = server.run(api)
+    assert h["status"]["status_str"] == "success", execution_error(h)
+    stats = h["outputs"][node_of(api, "LIPAR_LatentInterFramePruner")]["lipar_stats"][0]
+    assert stats["latent_frames"] == 17 and len(stats["kept_per_chunk"][0]) == 6 and stats["prune_ratio"] > 0
+    assert "cropped the images from 134x100 to 128x96 as VAE Encode does" in server.log()
+    info = h["outputs"][node_of(api, "LIPAR_SelfForcingSampler")]["lipar_sampler"][0]
+    assert info["video_frames"] == 65 and info["tokens_computed"] < info["tokens_full"]
+    (v,) = probe(comfy, saved_video(server, h, api))
+    assert (v["frames"], v["width"], v["height"]) == (65, 128, 96)
+
+
 def test_fast_workflow_runs_with_the_tiny_vae_and_prunes(comfy, server, runs):
     """The LIPAR graph with the tiny VAE (lighttaew2_1 architecture, from models/vae_approx) for
     encoding and decoding: it runs, the pruner plans on the tiny VAE's latent and the sampler
