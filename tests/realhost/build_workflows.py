@@ -222,7 +222,7 @@ def build(kind: str) -> tuple[list[N], list[tuple[int, int, int, str, str]], lis
               widgets=defaults("LIPAR_AttentionRecoveryPatch"),
               outputs=[("model", "MODEL")]),
             # below the sampler with room for its panel and appended widgets (its title stays visible)
-            N(12, "PreviewImage", (1160, 480), (460, 420), sockets=[("images", "IMAGE")], title="Pruning mask (per frame)"),
+            N(12, "PreviewImage", (740, 700), (460, 420), sockets=[("images", "IMAGE")], title="Pruning mask (per frame)"),
         ]
         links += [
             (4, 0, 5, "latent", "LATENT"),

@@ -52,7 +52,8 @@ class ComfyServer:
     # ---- lifecycle -------------------------------------------------------------------
     def start(self, timeout: float = 240.0) -> "ComfyServer":
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", self.base, "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+               "--base-directory", self.base, "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
+               "--preview-method", "latent2rgb"]   # latent previews on, as most users run ComfyUI
         self._log = open(self.log_path, "w")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT)

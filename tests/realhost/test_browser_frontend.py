@@ -356,6 +356,9 @@ def test_ui_workflows_open_run_and_show_lipar_panels(server, artifacts_dir):
         try:
             page = browser.new_page(viewport={"width": VIEWPORT[0], "height": VIEWPORT[1]})
             console = Console(page, server.url)
+            binary: list[bytes] = []        # the server's binary websocket messages (latent previews)
+            page.on("websocket", lambda ws: ws.on(
+                "framereceived", lambda payload: binary.append(payload) if isinstance(payload, bytes) else None))
             page.goto(server.url)
             types = sorted({n["type"] for ui_rel, _ in FILES.values() for n in load(ui_rel)["nodes"]})
             wait_app(page, types)
@@ -382,7 +385,14 @@ def test_ui_workflows_open_run_and_show_lipar_panels(server, artifacts_dir):
             shot("panels_workflow_placeholder", [pruner, sampler])
             checked.append("workflow file: placeholders")
             check_titles_visible(page, f"{lipar_files[0]} as loaded")
+            binary.clear()
             h = run_and_wait(page, server, api, client_id, [pruner, sampler])
+            # the sampler sends a latent preview per chunk through ComfyUI's previewer (the server
+            # runs with --preview-method latent2rgb): 2 chunks, 2 JPEG previews to this page
+            # (binary event 1: a preview image; 4: a preview image after a JSON metadata block)
+            jpegs = [m for m in binary if int.from_bytes(m[:4], "big") in (1, 4) and b"\xff\xd8\xff" in m[8:]]
+            assert len(jpegs) >= 2, f"{len(jpegs)} JPEG previews among {len(binary)} binary messages"
+            checked.append(f"workflow file: {len(jpegs)} latent previews while sampling")
             check_titles_visible(page, f"{lipar_files[0]} after a run")
             geo = check_panels_fit(page, [pruner, sampler], "workflow file, pruned run without baseline", state="done")
             assert "run the unpruned baseline on the same video to compare" in panel_text(geo, sampler)
