@@ -20,13 +20,7 @@ export WHOLE_GRAPH_COMMAND="bash benchmarks/whole_graph.sh $*"
 
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader 2>/dev/null \
   | sed 's/^/[whole_graph] GPU: /'
-out=benchmarks/results/whole_graph.json
-prev=""
-for a in "$@"; do
-  case "$a" in --out=*) out="${a#--out=}";; esac
-  [ "$prev" = "--out" ] && out="$a"
-  prev="$a"
-done
+out=$(out_path benchmarks/results/whole_graph.json "$@")
 log=.gpu/whole_graph.log
 mkdir -p .gpu
 "$PY" benchmarks/whole_graph.py --config 1.3b --comfyui .gpu/comfyui --overlay .gpu/comfy_overlay --budget 360 \

@@ -151,12 +151,6 @@ def release_graphs(module: torch.nn.Module) -> bool:
     return _CACHE.pop(module, None) is not None
 
 
-def held_graph_sets(module: torch.nn.Module) -> int:
-    """How many token buckets of captured graphs are kept for ``module``."""
-    entry = _CACHE.get(module)
-    return 0 if entry is None else len(entry.sets)
-
-
 class GraphedCausalWan(CausalWan):
     """``CausalWan`` whose chunk passes replay CUDA graphs (B = 1, one timestep per chunk).
 

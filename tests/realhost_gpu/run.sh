@@ -23,12 +23,7 @@ mkdir -p .gpu
 rc=${PIPESTATUS[0]}
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
   cp "$log" "$OUT/realhost_gpu.log" 2>/dev/null
-  prev=""
-  for a in "$@"; do
-    case "$a" in --out=*) out="${a#--out=}";; esac
-    [ "$prev" = "--out" ] && out="$a"
-    prev="$a"
-  done
+  out=$(out_path "$out" "$@")
   [ -f "$out" ] && cp "$out" "$OUT/realhost_gpu.json"
   tar -C .gpu/work -czf "$OUT/realhost_gpu_logs.tgz" --exclude=models --exclude=artifacts . 2>/dev/null || true
 fi

@@ -19,3 +19,15 @@ if [ ! -f "$SITE/.installed" ] || [ "$(cat "$SITE/.installed")" != "$stamp" ]; t
 fi
 export PYTHONPATH="$ROOT/$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+
+# out_path DEFAULT ARGS...: the value of the last --out / --out=... in ARGS, else DEFAULT.
+out_path() {
+  local out=$1 prev="" a
+  shift
+  for a in "$@"; do
+    case "$a" in --out=*) out="${a#--out=}";; esac
+    [ "$prev" = "--out" ] && out="$a"
+    prev="$a"
+  done
+  echo "$out"
+}
