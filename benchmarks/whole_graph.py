@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import fnmatch
+import importlib
 import json
 import math
 import os
@@ -448,7 +449,7 @@ class Bench:
 
     def fit(self, key, raw_samples, target: float) -> dict:
         lipar = self.lipar
-        import lipar.bench as lb
+        lb = importlib.import_module(lipar.__name__ + ".bench")
         kw = self.pruner_kwargs()
         base = lipar.PlanConfig(**kw)
         t0 = time.perf_counter()
@@ -716,7 +717,8 @@ def write_taehv(path: str, device, seed: int = 0) -> int:
     from safetensors.torch import save_file
 
     import comfy.taesd.taehv as taehv
-    from lipar.latents import WAN21_MEAN, WAN21_STD      # lipar: loaded by the pack (nodes/_lib.py)
+    from harness_env import pack_lipar
+    WAN21_MEAN, WAN21_STD = pack_lipar("latents").WAN21_MEAN, pack_lipar("latents").WAN21_STD
     g = torch.Generator().manual_seed(seed)
     net = taehv.TAEHV(latent_channels=16, show_progress_bar=False)
     with torch.no_grad():

@@ -3,13 +3,13 @@
 Host-independent library: no ComfyUI imports. See README.md.
 """
 
-from lipar.config import TINY, WAN_1_3B, WanConfig, infer_config, preset
-from lipar.errors import LiparError
-from lipar.model import WanDiT, build_model
-from lipar.plan import PlanConfig, PruningPlan, build_plan, empty_plan
-from lipar.recovery import RECOVERY_FORMS, RECOVERY_MODES
-from lipar.restore import restore_latent
-from lipar.sampler import PassInfo, SampleResult, SamplerConfig, sample
+from .config import TINY, WAN_1_3B, WanConfig, infer_config, preset
+from .errors import LiparError
+from .model import WanDiT, build_model
+from .plan import PlanConfig, PruningPlan, build_plan, empty_plan
+from .recovery import RECOVERY_FORMS, RECOVERY_MODES
+from .restore import restore_latent
+from .sampler import PassInfo, SampleResult, SamplerConfig, sample
 
 __version__ = "0.1.0"
 

@@ -12,11 +12,11 @@ import shlex
 import sys
 import tempfile
 
-from lipar.bench import (BACKENDS, BIAS_MODES, COMPARE_DEFAULTS, DTYPES, GRAPHS, MAX_TARGET_PRUNE, BenchOptions,
+from .bench import (BACKENDS, BIAS_MODES, COMPARE_DEFAULTS, DTYPES, GRAPHS, MAX_TARGET_PRUNE, BenchOptions,
                          check_memory, check_seed, run_bench, to_json, video_to_latent_dims)
-from lipar.clips import KINDS as CLIP_KINDS
-from lipar.config import PRESETS
-from lipar.errors import LiparError
+from .clips import KINDS as CLIP_KINDS
+from .config import PRESETS
+from .errors import LiparError
 
 # What PIL writes as an animation with lipar.preview.save_animation's arguments.
 PREVIEW_EXTENSIONS = (".webp", ".gif", ".png", ".apng")
@@ -163,7 +163,7 @@ def _bench(a: argparse.Namespace) -> int:
 def _convert(a: argparse.Namespace) -> int:
     import torch
 
-    from lipar.loading import convert_checkpoint
+    from .loading import convert_checkpoint
 
     if not os.path.isfile(a.input):
         raise LiparError(f"The input checkpoint {a.input!r} is not a file; give the path of a Self-Forcing .pt "
@@ -182,9 +182,9 @@ def _convert(a: argparse.Namespace) -> int:
 def _preview(a: argparse.Namespace) -> int:
     import torch
 
-    from lipar.clips import ClipSpec, make_clip
-    from lipar.plan import PlanConfig, build_plan
-    from lipar.preview import mask_preview, save_animation
+    from .clips import ClipSpec, make_clip
+    from .plan import PlanConfig, build_plan
+    from .preview import mask_preview, save_animation
 
     ext = os.path.splitext(a.output)[1].lower()
     if ext not in PREVIEW_EXTENSIONS:

@@ -23,9 +23,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lipar.errors import LiparError
-from lipar.flash_bias import NEG_BIAS, attention_key_bias
-from lipar.kernels import triton_available
+from .errors import LiparError
+from .flash_bias import NEG_BIAS, attention_key_bias
+from .kernels import triton_available
 
 BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
 BIAS_MODES = ("auto", "split", "mask", "fold")

@@ -26,18 +26,18 @@ from typing import Any, Callable, TextIO
 
 import torch
 
-from lipar.attention import resolve_backend, resolve_bias_mode
-from lipar.clips import KINDS as CLIP_KINDS
-from lipar.chunks import UNBOUNDED, KVWindow, chunk_spans
-from lipar.clips import ClipSpec, make_clip
-from lipar.config import PRESETS, WAN_1_3B, WanConfig, preset
-from lipar.errors import LiparError
-from lipar.model import build_model
-from lipar.plan import PlanConfig, PruningPlan, build_plan, restrict_to_window
-from lipar.recovery import RECOVERY_FORMS, RECOVERY_MODES
-from lipar.restore import restore_latent
-from lipar.sampler import PassInfo, SamplerConfig, default_dtype, sample
-from lipar.schedule import parse_steps
+from .attention import resolve_backend, resolve_bias_mode
+from .clips import KINDS as CLIP_KINDS
+from .chunks import UNBOUNDED, KVWindow, chunk_spans
+from .clips import ClipSpec, make_clip
+from .config import PRESETS, WAN_1_3B, WanConfig, preset
+from .errors import LiparError
+from .model import build_model
+from .plan import PlanConfig, PruningPlan, build_plan, restrict_to_window
+from .recovery import RECOVERY_FORMS, RECOVERY_MODES
+from .restore import restore_latent
+from .sampler import PassInfo, SamplerConfig, default_dtype, sample
+from .schedule import parse_steps
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GRAPHS = {"auto": None, "on": True, "off": False}
@@ -271,7 +271,7 @@ def estimate_bench_memory(cfg: WanConfig, dims: tuple[int, int, int], dtype: tor
 @functools.lru_cache(maxsize=8)
 def _param_count(cfg: WanConfig) -> int:
     with torch.device("meta"):
-        from lipar.model import WanDiT
+        from .model import WanDiT
         return sum(p.numel() for p in WanDiT(cfg).parameters())
 
 
@@ -420,7 +420,7 @@ def run_flops(cfg: WanConfig, plan: PruningPlan | None, t: int, hw: int, chunk: 
     """Total FLOPs of a sampling run as executed (keys include materialised duplicates).
 
     Chunks as the sampler cuts them (the last may be short); keys limited by the KV window."""
-    from lipar.recovery import build_layouts
+    from .recovery import build_layouts
 
     spans = chunk_spans(t, chunk)
     last = len(spans) - 1
@@ -497,7 +497,7 @@ def _round(x: float | None, digits: int) -> float | None:
 def _fresh(device) -> None:
     """Drop cached CUDA graphs and free cached blocks, so each configuration's memory is its own."""
     if device.type == "cuda":
-        from lipar.graphs import clear_graph_cache
+        from .graphs import clear_graph_cache
 
         clear_graph_cache()
         torch.cuda.synchronize(device)
@@ -530,7 +530,7 @@ def _timed(model, ctx, latent, plan, cfg, repeat, device, on_pass=None) -> tuple
 def _build_model(s: BenchSetup, progress: BenchProgress):
     o = s.options
     if o.model:
-        from lipar.loading import load_model
+        from .loading import load_model
         progress.say(f"loading {o.model} ({str(s.dtype).replace('torch.', '')} on {s.device}) ...")
         return load_model(o.model, dtype=s.dtype, device=s.device), o.model
     progress.say(f"no --model given: using a randomly initialised {o.config} Wan2.1 model "

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipar.attention import (attention, attention_folded, attention_split, fold_width, resolve_backend,
+from .attention import (attention, attention_folded, attention_split, fold_width, resolve_backend,
                              resolve_bias_mode, sdpa_context, write_folded_bias)
-from lipar.config import WanConfig, infer_config
-from lipar.errors import LiparError
-from lipar.flash_bias import to_log2
-from lipar.recovery import ChunkLayout, build_layouts, fill_keys, move_visible
-from lipar.rope import apply_rope
+from .config import WanConfig, infer_config
+from .errors import LiparError
+from .flash_bias import to_log2
+from .recovery import ChunkLayout, build_layouts, fill_keys, move_visible
+from .rope import apply_rope
 
 WAN_PARAMETERS = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
                   "time_projection.1.weight", "blocks.0.self_attn.q.weight", "blocks.0.cross_attn.k.weight",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lipar.errors import LiparError
+from .errors import LiparError
 
 
 def chunk_spans(frames: int, chunk_frames: int) -> list[tuple[int, int]]:

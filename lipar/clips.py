@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lipar.errors import LiparError
+from .errors import LiparError
 
 KINDS = ("objects", "pan", "cut", "static")
 

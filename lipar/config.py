@@ -7,7 +7,7 @@ from typing import Mapping
 
 import torch
 
-from lipar.errors import LiparError
+from .errors import LiparError
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from lipar.kernels import _triton, triton_available
+from .kernels import _triton, triton_available
 
 LOG2E = 1.4426950408889634
 NEG_BIAS = -30000.0   # finite floor for biases: exp() underflows to 0, no inf - inf, fits bf16 keys

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lipar.attention import sdpa_context
-from lipar.causal import CausalWan
-from lipar.recovery import ChunkLayout
+from .attention import sdpa_context
+from .causal import CausalWan
+from .recovery import ChunkLayout
 
 
 def choose_buckets(needs: list[int], existing: list[int] = (), granularity: int = 8,

@@ -17,9 +17,9 @@ from typing import Mapping
 
 import torch
 
-from lipar.config import WanConfig, infer_config
-from lipar.errors import LiparError
-from lipar.model import WanDiT
+from .config import WanConfig, infer_config
+from .errors import LiparError
+from .model import WanDiT
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "_orig_mod.", "module.")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

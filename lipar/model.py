@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipar.config import WanConfig
+from .config import WanConfig
 
 
 class WanRMSNorm(nn.Module):

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lipar.chunks import UNBOUNDED, KVWindow, chunk_spans
-from lipar.errors import LiparError
-from lipar.validate import check_latent
+from .chunks import UNBOUNDED, KVWindow, chunk_spans
+from .errors import LiparError
+from .validate import check_latent
 
 PLAN_FORMAT = 2          # 2: with the latent's fingerprint; format 1 files still load
 

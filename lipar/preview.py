@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lipar.errors import LiparError
-from lipar.plan import PruningPlan
+from .errors import LiparError
+from .plan import PruningPlan
 
 PRUNED_TINT = (0.15, 0.35, 1.0)   # pruned patches are tinted blue
 KEPT_GRID = (1.0, 1.0, 1.0)

@@ -64,11 +64,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lipar.chunks import UNBOUNDED, KVWindow, chunk_spans
-from lipar.config import WanConfig
-from lipar.errors import LiparError
-from lipar.plan import PruningPlan
-from lipar.rope import apply_rope, frame_shift_angles, rope_angles, rope_table, token_positions
+from .chunks import UNBOUNDED, KVWindow, chunk_spans
+from .config import WanConfig
+from .errors import LiparError
+from .plan import PruningPlan
+from .rope import apply_rope, frame_shift_angles, rope_angles, rope_table, token_positions
 
 RECOVERY_MODES = ("none", "m_degree", "noise_aware")
 RECOVERY_FORMS = ("exact", "compressed")

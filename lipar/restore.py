@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from lipar.plan import PruningPlan
-from lipar.validate import check_latent
+from .plan import PruningPlan
+from .validate import check_latent
 
 
 def restore_latent(latent: torch.Tensor, plan: PruningPlan | None) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lipar.config import WanConfig
+from .config import WanConfig
 
 
 def axis_inv_freqs(cfg: WanConfig, device=None) -> list[torch.Tensor]:
@@ -45,7 +45,7 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor, out: torch.Tensor | None = 
     float64), returned in x's dtype (written into ``out``, x's shape, when given): one fused
     kernel on CUDA, three in PyTorch elsewhere (cast, complex multiply, cast back).
     """
-    from lipar.kernels import rope_supported, rope_triton
+    from .kernels import rope_supported, rope_triton
 
     if rope_supported(x, table, out):
         return rope_triton(x, table, out=out)

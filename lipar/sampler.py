@@ -22,13 +22,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from lipar.causal import CausalWan
-from lipar.chunks import KVWindow, chunk_spans
-from lipar.errors import LiparError
-from lipar.plan import PruningPlan, restrict_to_window
-from lipar.recovery import build_layouts, check_recovery
-from lipar.schedule import EDITING_STEPS, GENERATION_STEPS, check_shift, parse_steps, sigmas
-from lipar.validate import check_latent
+from .causal import CausalWan
+from .chunks import KVWindow, chunk_spans
+from .errors import LiparError
+from .plan import PruningPlan, restrict_to_window
+from .recovery import build_layouts, check_recovery
+from .schedule import EDITING_STEPS, GENERATION_STEPS, check_shift, parse_steps, sigmas
+from .validate import check_latent
 
 MODES = ("edit", "generate")
 
@@ -121,7 +121,7 @@ def _graphs_decision(asked: bool | None, module: nn.Module, device: torch.device
         if asked:
             raise LiparError("cuda_graphs=True needs a CUDA device.")
         return False, f"eager (CUDA graphs need a CUDA device; this run is on {device.type})"
-    from lipar.graphs import has_weight_hooks
+    from .graphs import has_weight_hooks
 
     if has_weight_hooks(module):
         if asked:
@@ -161,7 +161,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
         plan, window_kept = restrict_to_window(plan, config.window)
     use_graphs, graphs_note = _graphs_decision(config.cuda_graphs, module, device)
     if use_graphs:
-        from lipar.graphs import GraphedCausalWan
+        from .graphs import GraphedCausalWan
         runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend,
                                   bias_mode=config.bias_mode)
     else:
@@ -228,7 +228,7 @@ def _host(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _triton_available() -> bool:
-    from lipar.kernels import triton_available
+    from .kernels import triton_available
 
     return triton_available()
 

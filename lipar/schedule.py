@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from typing import Sequence
 
-from lipar.errors import LiparError
+from .errors import LiparError
 
 GENERATION_STEPS = (1000, 750, 500, 250)
 EDITING_STEPS = (400, 350, 250)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lipar.errors import LiparError
+from .errors import LiparError
 
 
 def check_latent(latent: object, *, channels: int = 16, what: str = "latent") -> torch.Tensor:

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from ._lib import LiparError, lipar
+from ..lipar.causal import check_wan_module
+from ..lipar.errors import LiparError
+from ..lipar.plan import PruningPlan
 
 CATEGORY = "LIPAR"
 PLAN_KEY = "lipar_plan"
@@ -41,7 +43,7 @@ def latent_samples(latent: Any, what: str = "latent") -> torch.Tensor:
 def latent_plan(latent: dict) -> Any:
     """The pruning plan carried by a LATENT dict, or None."""
     plan = latent.get(PLAN_KEY)
-    if plan is not None and not isinstance(plan, lipar.PruningPlan):
+    if plan is not None and not isinstance(plan, PruningPlan):
         raise ValueError(f"The latent carries a '{PLAN_KEY}' entry that is not a LIPAR pruning plan "
                          f"({type(plan).__name__}); re-run the Latent Inter-Frame Pruner.")
     return plan
@@ -63,7 +65,7 @@ def diffusion_model(model: Any) -> torch.nn.Module:
             f"The model input is not a ComfyUI diffusion MODEL (got {type(model).__name__}). Connect the MODEL "
             "output of Load Diffusion Model or Load Self-Forcing Checkpoint (Wan2.1-T2V-1.3B / Self-Forcing).")
     try:
-        lipar.causal.check_wan_module(module)
+        check_wan_module(module)
     except LiparError as e:
         kind = model_type_name(model)
         what = f"a {kind} model (network {type(module).__name__})" if kind else f"a {type(module).__name__}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import host
-from ._lib import lipar
+from ..lipar.loading import load_state_dict
 from .common import CATEGORY, user_errors
 
 WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -22,7 +22,7 @@ def prepare_state_dict(path: str, weight_dtype: str = "default"):
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"Unknown weight dtype {weight_dtype!r}; choose one of {list(WEIGHT_DTYPES)}.")
     with user_errors():
-        sd, cfg = lipar.loading.load_state_dict(path)
+        sd, cfg = load_state_dict(path)
     dtype = WEIGHT_DTYPES[weight_dtype]
     model_options = {}
     if dtype is not None:

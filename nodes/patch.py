@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._lib import lipar
+from ..lipar.recovery import check_recovery
 from .common import CATEGORY, diffusion_model, user_errors
 
 RECOVERY = ("noise_aware", "m_degree", "none")
@@ -47,7 +47,7 @@ class AttentionRecoveryPatch:
     def patch(self, model, recovery, recovery_form, attention_backend):
         diffusion_model(model)   # clear error for a non-Wan model, before anything else
         with user_errors():
-            lipar.recovery.check_recovery(recovery, recovery_form)
+            check_recovery(recovery, recovery_form)
         if attention_backend not in BACKENDS:
             raise ValueError(f"Unknown attention backend {attention_backend!r}; choose one of {list(BACKENDS)}.")
         m = model.clone()

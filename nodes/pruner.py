@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from . import host
-from ._lib import lipar
+from ..lipar.preview import fit_frames, mask_preview, one_frame_per_latent_frame, save_animation
+from ..lipar.latents import normalize_wan21
+from ..lipar.plan import PlanConfig, build_plan
+from ..lipar.validate import check_latent
 from .common import CATEGORY, PLAN_KEY, latent_samples, log, user_errors
 
 PREVIEW_MAX_SIDE = 384   # the in-node animation is downscaled to this (the node is ~380 px wide); the IMAGE output keeps full size
-_DEFAULTS = lipar.PlanConfig()   # widget defaults are the library's measured defaults
+_DEFAULTS = PlanConfig()   # widget defaults are the library's measured defaults
 LATENT_FPS = 4.0         # the in-node animation shows one frame per latent frame (4 video frames)
 
 
@@ -28,7 +31,7 @@ def write_preview(images: torch.Tensor, fps: float) -> dict:
     folder = host.temp_directory()
     os.makedirs(folder, exist_ok=True)
     filename = f"lipar_mask_{uuid.uuid4().hex[:16]}.webp"
-    lipar.preview.save_animation(images, os.path.join(folder, filename), fps=fps, effort=0)
+    save_animation(images, os.path.join(folder, filename), fps=fps, effort=0)
     return {"filename": filename, "subfolder": "", "type": "temp"}
 
 
@@ -98,26 +101,26 @@ class LatentInterFramePruner:
     def prune(self, latent, threshold, anchor_threshold, chunk_frames, trim_outliers, smooth, open_pruned,
               dilate_kept, images=None):
         samples = latent_samples(latent)
-        config = lipar.PlanConfig(threshold=float(threshold), anchor_threshold=float(anchor_threshold),
-                                  chunk_frames=int(chunk_frames), trim_outliers=float(trim_outliers),
-                                  smooth=int(smooth), open_pruned=int(open_pruned), dilate_kept=int(dilate_kept))
+        config = PlanConfig(threshold=float(threshold), anchor_threshold=float(anchor_threshold),
+                            chunk_frames=int(chunk_frames), trim_outliers=float(trim_outliers),
+                            smooth=int(smooth), open_pruned=int(open_pruned), dilate_kept=int(dilate_kept))
         device = host.compute_device()       # the plan and the previews are made on the GPU when there is one
         with user_errors(), torch.no_grad():
             config.validate()
-            lipar.validate.check_latent(samples, what="latent to prune")
-            normalized = lipar.latents.normalize_wan21(samples.to(device, torch.float32))
-            plan = lipar.build_plan(normalized, config)
+            check_latent(samples, what="latent to prune")
+            normalized = normalize_wan21(samples.to(device, torch.float32))
+            plan = build_plan(normalized, config)
             frames = None
             if images is not None:
                 t, h, w = samples.shape[2:]
                 if isinstance(images, torch.Tensor) and images.shape[0] == 4 * (t - 1) + 1:
-                    images = lipar.preview.one_frame_per_latent_frame(images, t)   # only these move to the GPU
+                    images = one_frame_per_latent_frame(images, t)   # only these move to the GPU
                 if isinstance(images, torch.Tensor) and images.shape[0] == t:
                     images = images.to(device)
-                frames, what = lipar.preview.fit_frames(images, t, h, w)
+                frames, what = fit_frames(images, t, h, w)
                 if what:
                     log.warning("pruner preview: %s.", what)
-            preview = lipar.preview.mask_preview(plan, frames)
+            preview = mask_preview(plan, frames)
 
         out = dict(latent)
         out[PLAN_KEY] = plan.to("cpu")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._lib import lipar
+from ..lipar.restore import restore_latent
 from .common import CATEGORY, PLAN_KEY, latent_plan, latent_samples, user_errors
 
 
@@ -30,5 +30,5 @@ class TokenRestore:
         out = {k: v for k, v in latent.items() if k != PLAN_KEY}
         if plan is not None:
             with user_errors(), torch.no_grad():
-                out["samples"] = lipar.restore_latent(samples, plan)
+                out["samples"] = restore_latent(samples, plan)
         return (out,)

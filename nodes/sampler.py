@@ -7,13 +7,20 @@ import dataclasses
 import torch
 
 from . import host
-from ._lib import LiparError, lipar
+from ..lipar.causal import check_wan_module
+from ..lipar.errors import LiparError
+from ..lipar.graphs import release_graphs
+from ..lipar.latents import denormalize_wan21, normalize_wan21
+from ..lipar.restore import restore_latent
+from ..lipar.sampler import MODES as SAMPLER_MODES, SamplerConfig, sample
+from ..lipar.schedule import EDITING_STEPS, parse_steps
+from ..lipar.validate import check_latent
 from .common import (CATEGORY, PLAN_KEY, compute_dtype, conditioning_context, cuda_graphs_allowed, diffusion_model,
                      latent_plan, latent_samples, lipar_options, log, model_device, user_errors)
 from .patch import DEFAULT_OPTIONS
 
-_DEFAULTS = lipar.SamplerConfig()
-MODES = lipar.sampler.MODES
+_DEFAULTS = SamplerConfig()
+MODES = SAMPLER_MODES
 
 
 def inference_memory(cfg, latent_shape, config) -> int:
@@ -81,7 +88,7 @@ class SelfForcingSampler:
                 "seed": ("INT", {"default": _DEFAULTS.seed, "min": 0, "max": 0xffffffffffffffff,
                                  "control_after_generate": True,
                                  "tooltip": "Seed of the noise (the same seed gives the same video on any device)."}),
-                "steps": ("STRING", {"default": ",".join(map(str, lipar.schedule.EDITING_STEPS)), "tooltip":
+                "steps": ("STRING", {"default": ",".join(map(str, EDITING_STEPS)), "tooltip":
                     "Comma-separated decreasing whole numbers in (0, 1000]. Editing (SDEdit): 400,350,250; "
                     "generation: 1000,750,500,250. Empty: the mode's default."}),
                 "shift": ("FLOAT", {"default": _DEFAULTS.shift, "min": 0.1, "max": 20.0, "step": 0.1, "tooltip":
@@ -113,7 +120,7 @@ class SelfForcingSampler:
         keeps checking the numeric widgets' ranges itself: they are not named here)."""
         if isinstance(steps, str) and steps.strip():
             try:
-                lipar.schedule.parse_steps(steps)
+                parse_steps(steps)
             except LiparError as e:
                 return str(e)
         return True
@@ -128,20 +135,20 @@ class SelfForcingSampler:
         context = conditioning_context(positive)
         steps_text = str(steps).strip()
         inner = model.model
-        process_in = getattr(inner, "process_latent_in", lipar.latents.normalize_wan21)
-        process_out = getattr(inner, "process_latent_out", lipar.latents.denormalize_wan21)
+        process_in = getattr(inner, "process_latent_in", normalize_wan21)
+        process_out = getattr(inner, "process_latent_out", denormalize_wan21)
         with user_errors(), torch.no_grad():
-            config = lipar.SamplerConfig(
-                mode=mode, steps=lipar.schedule.parse_steps(steps_text) if steps_text else None, shift=float(shift),
+            config = SamplerConfig(
+                mode=mode, steps=parse_steps(steps_text) if steps_text else None, shift=float(shift),
                 chunk_frames=int(chunk_frames), seed=int(seed), recovery=options["recovery"],
                 recovery_form=options["recovery_form"], backend=options["attention_backend"],
                 dtype=compute_dtype(model, module), window_frames=int(window_frames),
                 sink_frames=int(sink_frames)).validate()
-            lipar.validate.check_latent(samples, what="latent")
+            check_latent(samples, what="latent")
             z = process_in(samples.float())
             if plan is not None:      # before the model is loaded: a plan for another latent is refused at once
                 plan.check_latent(z, config.chunk_frames)
-            cfg = lipar.causal.check_wan_module(module)
+            cfg = check_wan_module(module)
 
         needed = inference_memory(cfg, samples.shape, config)
         host.load_model(model, needed)
@@ -159,13 +166,13 @@ class SelfForcingSampler:
             progress.update(info.done, info.total, previews.ready())
 
         with user_errors(), torch.no_grad():
-            result = lipar.sample(module, context, z, plan=plan, config=config, device=device, on_pass=on_pass,
+            result = sample(module, context, z, plan=plan, config=config, device=device, on_pass=on_pass,
                                   on_chunk=previews.chunk_done)
-            restored = lipar.restore_latent(result.latent, result.plan)
+            restored = restore_latent(result.latent, result.plan)
         progress.update(result.passes, result.passes, previews.ready(wait=True))
         graphs_kept = host.keep_graphs(model, device, needed)
         if result.info.get("cuda_graphs") and not graphs_kept:
-            lipar.graphs.release_graphs(module)
+            release_graphs(module)
         out_samples = process_out(restored.to(host.intermediate_device(), torch.float32))
 
         out = {k: v for k, v in latent.items() if k != PLAN_KEY}

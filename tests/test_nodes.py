@@ -22,9 +22,9 @@ import torch
 import lipar
 from lipar.clips import ClipSpec, make_clip
 from lipar.latents import denormalize_wan21, normalize_wan21
-from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from nodes.common import compute_dtype, cuda_graphs_allowed
-from nodes.loader import prepare_state_dict
+from lipar_pack.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from lipar_pack.nodes.common import compute_dtype, cuda_graphs_allowed
+from lipar_pack.nodes.loader import prepare_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -203,9 +203,11 @@ def test_pack_imports_as_comfyui_loads_it(tmp_path):
         pack = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = pack
         spec.loader.exec_module(pack)
-        import lipar
+        lib = sys.modules[spec.name + ".lipar"]       # the library, imported relatively by the nodes
         assert sys.modules["nodes"] is comfy_nodes, "the pack replaced ComfyUI's nodes module"
-        assert lipar.__file__.startswith(path), lipar.__file__
+        assert lib.__file__.startswith(path), lib.__file__
+        assert "lipar" not in sys.modules, "the pack registered a top-level lipar module"
+        assert sys.modules[spec.name + ".nodes.sampler"].SamplerConfig is lib.sampler.SamplerConfig
         assert not any(os.path.abspath(p or ".") in ({ROOT!r}, path) for p in sys.path), "pack dir put on sys.path"
         assert pack.WEB_DIRECTORY == "./web"
         print(sorted(pack.NODE_CLASS_MAPPINGS), pack.NODE_DISPLAY_NAME_MAPPINGS["LIPAR_TokenRestore"])
@@ -664,7 +666,7 @@ def test_sampler_sends_a_latent_preview_per_chunk(wan, positive, raw, monkeypatc
 
 
 def test_graphs_are_released_when_comfyui_needs_the_memory(monkeypatch):
-    from nodes.host import keep_graphs
+    from lipar_pack.nodes.host import keep_graphs
 
     class VRAMState:
         HIGH_VRAM, NORMAL_VRAM, LOW_VRAM = 1, 2, 3
@@ -687,7 +689,7 @@ def test_graphs_are_released_when_comfyui_needs_the_memory(monkeypatch):
 
 
 def test_a_plan_for_another_latent_is_refused_before_the_model_is_loaded(wan, positive, raw, monkeypatch):
-    import nodes.host as host
+    import lipar_pack.nodes.host as host
 
     loads = []
     monkeypatch.setattr(host, "load_model", lambda *a, **k: loads.append(a))

@@ -32,6 +32,12 @@ PACK_LINK = "comfyui-lipar"
 
 # ---- import-system helpers ------------------------------------------------------------------------
 
+def pack_lipar(sub: str | None = None):
+    """The pack's own ``lipar`` (or ``lipar.<sub>``), as its nodes import it relatively: the package
+    ``<PACK_LINK>.lipar`` that ComfyUI's loader created (no top-level ``lipar`` exists in the process)."""
+    return importlib.import_module(f"{PACK_LINK}.lipar" + (f".{sub}" if sub else ""))
+
+
 class _Placeholder:
     """What a stubbed module hands out for any attribute: a class usable in annotations and
     isinstance checks; creating or calling one says the package is missing."""
@@ -165,12 +171,9 @@ def setup_comfy(spec: dict) -> Comfy:
     sampler_cls = mapping["LIPAR_SelfForcingSampler"]
     pack_pkg = sampler_cls.__module__.rsplit(".", 1)[0]        # <pack>.nodes
     patch_mod = importlib.import_module(pack_pkg + ".patch")
-    lipar = sys.modules["lipar"]                                  # loaded by the pack's nodes/_lib.py
-    import lipar.clips  # noqa: F401
-    import lipar.latents  # noqa: F401
-    import lipar.schedule  # noqa: F401
-    import lipar.attention  # noqa: F401
-    import lipar.kernels  # noqa: F401
+    lipar = pack_lipar()                                       # the library the pack's nodes import
+    for sub in ("clips", "latents", "schedule", "attention", "kernels"):
+        pack_lipar(sub)
 
     return Comfy(torch=torch, args=args, mm=mm, utils=comfy.utils, folder_paths=folder_paths, nodes=comfy_nodes,
                  pruner=mapping["LIPAR_LatentInterFramePruner"], sampler=sampler_cls,

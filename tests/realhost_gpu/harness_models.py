@@ -35,7 +35,8 @@ LORA_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
 
 
 def _lipar():
-    return sys.modules["lipar"]
+    from harness_env import pack_lipar
+    return pack_lipar()
 
 
 def dit_shapes(cfg) -> dict[str, torch.Size]:
