@@ -12,7 +12,7 @@ import shlex
 import sys
 import tempfile
 
-from .bench import (BACKENDS, BIAS_MODES, COMPARE_DEFAULTS, DTYPES, GRAPHS, MAX_TARGET_PRUNE, BenchOptions,
+from .bench import (BACKENDS, COMPARE_DEFAULTS, DTYPES, GRAPHS, MAX_TARGET_PRUNE, BenchOptions,
                          check_memory, check_seed, run_bench, to_json, video_to_latent_dims)
 from .clips import KINDS as CLIP_KINDS
 from .config import PRESETS
@@ -144,7 +144,7 @@ def _bench_options(a: argparse.Namespace) -> BenchOptions:
                         steps=a.steps, mode=a.mode, clip=a.clip, model=a.model, dtype=a.dtype, compare=a.compare,
                         forms=a.forms, threshold=a.threshold, anchor_threshold=a.anchor_threshold,
                         target_prune=a.target_prune, repeat=a.repeat, seed=a.seed, backend=a.backend,
-                        graphs=a.graphs, modes=a.modes, bias_mode=a.bias_mode, window_frames=a.window_frames,
+                        graphs=a.graphs, modes=a.modes, window_frames=a.window_frames,
                         sink_frames=a.sink_frames)
 
 
@@ -233,11 +233,10 @@ def _add_bench(sub) -> None:
     b.add_argument("--repeat", type=int, default=3, help="timed runs per configuration (the median is reported), "
                                                          "after one warm-up run")
     b.add_argument("--backend", default="auto", choices=list(BACKENDS),
-                   help="attention kernel (auto: cuDNN on CUDA, SDPA on the CPU)")
+                   help="attention kernel (auto: FlashAttention-4 on Hopper where installed, else cuDNN on CUDA; "
+                        "SDPA on the CPU)")
     b.add_argument("--graphs", default="auto", choices=list(GRAPHS), help="replay passes as CUDA graphs "
                                                                           "(auto: on for CUDA)")
-    b.add_argument("--bias-mode", default="auto", choices=list(BIAS_MODES),
-                   help="how compressed recovery's multiplicities reach the attention kernel")
     b.add_argument("--window-frames", type=int, default=21, help="KV cache / attention window in latent frames "
                    "(Self-Forcing's local_attn_size; 0: no limit): videos longer than it roll the cache")
     b.add_argument("--sink-frames", type=int, default=3, help="first latent frames kept for the whole video once "

@@ -1,207 +1,289 @@
-"""The one attention entry point: PyTorch SDPA (cuDNN first on CUDA) or flash-attn.
+"""How attention runs: one strategy object per run, chosen once from the device, the installed
+kernels and the user's backend option.
 
-Backends: ``sdpa`` (PyTorch's own choice), ``cudnn`` (SDPA with the cuDNN kernel first;
-on an H100 it ran 1.6-1.9x faster than SDPA's flash kernel for our shapes, see
-benchmarks/results/attention_kernels.json), ``flash_attn`` (the flash-attn package),
-and ``auto``: cudnn on CUDA, else sdpa.
+All tensors are ``[B, L, H, D]``. Self-attention of a chunk runs over the KV cache's visible
+keys; attention recovery gives the keys of its first ``layout.num_biased`` slots a per-key
+score bias (``layout.key_bias [Lk]``, log-multiplicities; ``-inf`` masks padding keys). Two
+strategies, both with ``begin_chunk(layout)`` (once per chunk, before the layers) and
+``__call__(q, keys, values, layout)`` (per layer):
 
-All tensors are ``[B, L, H, D]``. A per-key additive score bias ``key_bias [B, Lk]``
-(or ``[Lk]``) carries attention recovery's log-multiplicities and masks padding keys
-(-inf). It is never a per-pair matrix: kernels either take it as a broadcast bias
-(SDPA), fold it into one extra query/key channel ("fold"), which keeps any
-FlashAttention-style kernel usable, or ("split", the sampler's default on CUDA) run the
-keys that never carry a bias through plain cuDNN attention and continue over the biased
-ones with lipar's own Triton kernel (``lipar.flash_bias``).
+``SplitAttention`` (CUDA with Triton, bf16/fp16): a fast plain kernel -- cuDNN through SDPA, or
+FlashAttention (``flash_attn.cute``, FlashAttention-4, or the ``flash_attn`` 2.x package) --
+runs over the keys that never carry a bias and returns its log-sum-exp; ``lipar.flash_bias``
+continues that softmax over the biased keys. Nothing is materialised per pair of tokens.
+
+``MaskAttention`` (everything else): PyTorch SDPA with the bias as a broadcast additive mask
+``[1, 1, 1, Lk]``.
+
+    >>> attn = choose_attention(torch.device("cuda"), "auto")   # SplitAttention(plain='flash_attn_4') on an H200 with FA4
+    >>> attn.prepare(torch.bfloat16, heads=12, head_dim=128)     # compiles FA4's kernels before any capture
+    >>> attn.begin_chunk(layout); out = attn(q, keys, values, layout)     # [1, Nk, 12, 128]
+
+Cross-attention (text keys, no bias) always runs through SDPA (``cross``): it is captured in
+the CUDA graphs, and its 512 keys leave nothing to gain. Tests: tests/test_gpu.py
+(``test_attention_strategies_match_sdpa``), tests/test_recovery.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
+import time
 
 import torch
 import torch.nn.functional as F
 
 from .errors import LiparError
-from .flash_bias import NEG_BIAS, attention_key_bias
+from .flash_bias import attention_key_bias, to_log2
 from .kernels import triton_available
 
+log = logging.getLogger("lipar")
+
 BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
-BIAS_MODES = ("auto", "split", "mask", "fold")
+# GPU families (compute capability major) where ``auto`` runs FlashAttention-4 over the plain keys
+# when it is installed: measured faster than cuDNN there (H200: 1.44 vs 1.72 ms for 4680 x 32760
+# tokens, 12 x 128 bf16; benchmarks/results/h200_attention_backends.json). Elsewhere auto is cuDNN.
+FA4_AUTO_FAMILIES = (9,)
 
 
-@functools.lru_cache(maxsize=1)
-def _flash_attn_func():
-    try:
-        from flash_attn import flash_attn_func  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return flash_attn_func
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PyTorch SDPA in lipar's layout: ``[B, Lq, H, D] x [B, Lk, H, D] -> [B, Lq, H, D]``; mask broadcasts
+    to ``[B, H, Lq, Lk]`` (additive)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)
 
 
-def flash_attn_available() -> bool:
-    return _flash_attn_func() is not None
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise LiparError(f"Unknown attention backend {backend!r}; choose one of {list(BACKENDS)}.")
-    if backend == "flash_attn":
-        if not flash_attn_available():
-            raise LiparError("Attention backend 'flash_attn' was asked for but the flash_attn package is not "
-                             "installed; install flash-attn or choose 'auto'/'sdpa'.")
-        if device.type != "cuda":
-            raise LiparError("Attention backend 'flash_attn' needs a CUDA device; choose 'auto' or 'sdpa'.")
-        return "flash_attn"
-    if backend == "cudnn" and device.type != "cuda":
-        raise LiparError("Attention backend 'cudnn' needs a CUDA device; choose 'auto' or 'sdpa'.")
-    if backend == "auto":
-        return "cudnn" if device.type == "cuda" else "sdpa"
-    return backend
-
-
-def sdpa_context(backend: str):
-    """Context that makes SDPA try cuDNN first for backend 'cudnn' (a no-op otherwise)."""
-    if backend != "cudnn":
-        return contextlib.nullcontext()
+def cudnn_priority():
+    """Context in which SDPA tries cuDNN attention first (on an H100 it ran 1.6-1.9x faster than
+    SDPA's flash kernel for our shapes, benchmarks/results/attention_kernels.json)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     return sdpa_kernel(order, set_priority=True)
 
 
-def split_available(backend: str, device: torch.device) -> bool:
-    """The split path needs cuDNN attention with its log-sum-exp (Ampere or newer) and Triton."""
-    return (backend == "cudnn" and device.type == "cuda" and triton_available()
-            and torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(device)[0] >= 8)
+# ---- plain kernels that return their log-sum-exp ----------------------------------------------------
 
-
-def resolve_bias_mode(bias_mode: str, backend: str, device: torch.device | None = None) -> str:
-    """How a per-key bias reaches the kernel: "split" (cuDNN over the never-biased keys, then
-    ``lipar.flash_bias`` continues over the biased ones; CUDA + cuDNN + Triton), "fold" (an
-    extra key channel: any FlashAttention-style kernel), "mask" (SDPA's broadcast mask).
-    "auto": split where it runs, else fold for cudnn/flash_attn, mask for plain sdpa."""
-    if bias_mode not in BIAS_MODES:
-        raise LiparError(f"Unknown bias mode {bias_mode!r}; choose one of {list(BIAS_MODES)}.")
-    can_split = device is not None and split_available(backend, device)
-    if bias_mode == "split" and not can_split:
-        raise LiparError("Bias mode 'split' needs a CUDA GPU (Ampere or newer) with the cuDNN attention backend "
-                         "and Triton; choose 'auto', 'fold' or 'mask'.")
-    if bias_mode != "auto":
-        return bias_mode
-    if can_split:
-        return "split"
-    return "mask" if backend == "sdpa" else "fold"
-
-
-def fold_width(d: int) -> int:
-    """Channels of a folded key: d + 1 (the bias channel), padded to a multiple of 16
-    (on an H100, cuDNN ran width 144 5-6% faster than 136; benchmarks/NOTES.md)."""
-    return (d + 1 + 15) // 16 * 16
-
-
-def fold_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor):
-    """Fold a per-key bias into an extra channel: q' = [q, 1], k' = [k, bias * sqrt(D)].
-
-    Then ``q'.k' / sqrt(D) = q.k / sqrt(D) + bias`` exactly (up to the key dtype's
-    rounding of the bias). Channels are zero-padded to a multiple of 8 for the kernels;
-    the returned scale is the original 1/sqrt(D). v is padded to the same width.
-    """
-    b, lq, h, d = q.shape
-    lk = k.shape[1]
-    dp = fold_width(d)
-    qp = q.new_zeros(b, lq, h, dp)
-    qp[..., :d] = q
-    qp[..., d] = 1.0
-    kp = k.new_zeros(b, lk, h, dp)
-    kp[..., :d] = k
-    bias = key_bias.clamp(min=NEG_BIAS) * math.sqrt(d)
-    kp[..., d] = (bias.view(-1, lk, 1) if bias.ndim == 2 else bias.view(1, lk, 1)).to(k.dtype)
-    vp = v.new_zeros(b, lk, h, dp)
-    vp[..., :d] = v
-    return qp, kp, vp, 1.0 / math.sqrt(d)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_bias: torch.Tensor | None = None,
-              backend: str = "sdpa", bias_mode: str = "auto") -> torch.Tensor:
-    """Softmax attention ``[B, Lq, H, D] x [B, Lk, H, D] -> [B, Lq, H, D]`` (no causal mask).
-
-    key_bias: optional ``[B, Lk]`` or ``[Lk]`` float added to every query's score of a key.
-    backend: an already-resolved backend ("sdpa" or "flash_attn").
-    bias_mode: "mask" passes the bias to SDPA as a broadcast mask; "fold" uses
-    ``fold_key_bias`` (an extra query/key channel); "auto" = "mask" for plain sdpa, "fold"
-    for cudnn and flash_attn (on an H100 the fold ran 30% under the unbiased cuDNN kernel,
-    a mask or multiplicities in an extra value channel no better; see benchmarks/NOTES.md).
-    "split" needs the cache's region layout (``attention_split``); here it counts as "auto".
-    """
-    d = q.shape[-1]
-    scale = 1.0 / math.sqrt(d)
-    if key_bias is None:
-        return _kernel(q, k, v, scale, backend)
-    if resolve_bias_mode("auto" if bias_mode == "split" else bias_mode, backend) == "fold":
-        qp, kp, vp, scale = fold_key_bias(q, k, v, key_bias)
-        return _kernel(qp, kp, vp, scale, backend)[..., :d]
-    mask = key_bias.to(q.dtype)
-    mask = mask.view(-1, 1, 1, k.shape[1]) if mask.ndim == 2 else mask.view(1, 1, 1, -1)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=mask, scale=scale)
-    return out.transpose(1, 2)
-
-
-def _kernel(q, k, v, scale: float, backend: str) -> torch.Tensor:
-    if backend == "flash_attn":
-        return _flash_attn_func()(q, k, v, softmax_scale=scale)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
-    return out.transpose(1, 2)
-
-
-def attention_folded(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, backend: str,
-                     out: dict | None = None) -> torch.Tensor:
-    """Attention over folded keys (``[B, Lk, H, W]``, W = fold_width(D): channel D holds
-    ``bias * sqrt(D)``, the rest of the padding is zero) and plain values ``[B, Lk, H, D]``.
-    q: [B, Lq, H, D] -> [B, Lq, H, D]. ``out``: a dict that keeps the padded-query buffer
-    between calls (keyed by shape), so each call only copies q into it."""
-    d = q.shape[-1]
-    shape = tuple(q.shape[:-1]) + (keys.shape[-1],)
-    qp = None if out is None else out.get(shape)
-    if qp is None:
-        qp = q.new_zeros(shape)
-        qp[..., d] = 1.0
-        if out is not None:
-            out[shape] = qp
-    qp[..., :d] = q
-    return _kernel(qp, keys, values, 1.0 / math.sqrt(d), backend)
-
-
-def write_folded_bias(keys: torch.Tensor, key_bias: torch.Tensor, d: int, start: int = 0) -> None:
-    """Store a per-key bias [Lk] into channel d of folded keys [..., start + Lk <= L, H, W]
-    (any leading dims), at key positions [start, start + Lk)."""
-    bias = (key_bias.clamp(min=NEG_BIAS) * math.sqrt(d)).view(-1, 1)
-    keys[..., start:start + key_bias.shape[-1], :, d] = bias.to(keys.dtype)
-
-
-def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cuDNN attention and its log-sum-exp: ``[B, Lq, H, Dk] x [B, Lk, H, Dk], [B, Lk, H, Dv] ->
-    (out [B, Lq, H, Dv], lse [B, Lq, H] float32, natural log)``; scale defaults to 1/sqrt(Dk)."""
+def cudnn_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cuDNN attention and its log-sum-exp: ``(out [B, Lq, H, D], lse [B, Lq, H] float32, natural log)``."""
     res = torch.ops.aten._scaled_dot_product_cudnn_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, True,
-        scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, True, scale=1.0 / math.sqrt(q.shape[-1]))
     b, lq, h, _ = q.shape
     return res[0].transpose(1, 2), res[1].view(b, h, lq).transpose(1, 2)
 
 
-def attention_split(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_biased: int,
-                    bias_log2: torch.Tensor) -> torch.Tensor:
-    """Attention over keys whose first ``num_biased`` carry a per-key bias and the rest none:
-    cuDNN over the plain keys, then ``lipar.flash_bias`` continues over the biased ones.
+@functools.lru_cache(maxsize=1)
+def _flash_attn_4():
+    """FlashAttention-4's forward (``flash_attn.cute``), or None when it is not importable."""
+    try:
+        from flash_attn.cute.interface import _flash_attn_fwd  # type: ignore[import-not-found]
+    except Exception as e:   # an absent package, or one whose CUDA libraries fail to load
+        log.debug("FlashAttention-4 unavailable: %s", e)
+        return None
+    return _flash_attn_fwd
 
-    q [B, Lq, H, D]; keys, values [B, Lk, H, D]; bias_log2 [>= num_biased] float32 in log2
-    units (``flash_bias.to_log2``). Needs ``split_available``."""
-    if q.shape[1] == 0:     # a chunk whose tokens are all pruned (cuDNN returns no tensor then)
-        return q.new_empty(q.shape[:-1] + values.shape[-1:])
-    if num_biased == 0:
-        return _kernel(q, keys, values, 1.0 / math.sqrt(q.shape[-1]), "cudnn")
-    prev = attention_lse(q, keys[:, num_biased:], values[:, num_biased:]) if keys.shape[1] > num_biased else None
-    return attention_key_bias(q, keys[:, :num_biased], values[:, :num_biased], bias_log2, prev=prev)
+
+@functools.lru_cache(maxsize=1)
+def _flash_attn_2():
+    """The flash-attn 2.x package's ``flash_attn_func``, or None."""
+    try:
+        from flash_attn import flash_attn_func  # type: ignore[import-not-found]
+    except Exception as e:
+        log.debug("flash-attn 2.x unavailable: %s", e)
+        return None
+    return flash_attn_func
+
+
+def flash_attn_version(device: torch.device) -> str | None:
+    """'flash_attn_4' where FlashAttention-4 imports and the GPU is Hopper or newer, else 'flash_attn_2'
+    where the 2.x package imports, else None."""
+    if device.type != "cuda":
+        return None
+    if torch.cuda.get_device_capability(device)[0] >= 9 and _flash_attn_4() is not None:
+        return "flash_attn_4"
+    return "flash_attn_2" if _flash_attn_2() is not None else None
+
+
+def flash_lse(version: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlashAttention (4 or 2.x) and its log-sum-exp, as ``cudnn_lse`` returns them."""
+    if version == "flash_attn_4":
+        out, lse = _flash_attn_4()(q, k, v, softmax_scale=1.0 / math.sqrt(q.shape[-1]), return_lse=True)[:2]
+    else:
+        out, lse, _ = _flash_attn_2()(q, k, v, softmax_scale=1.0 / math.sqrt(q.shape[-1]), return_attn_probs=True)
+    return out, lse.transpose(1, 2)      # lse [B, H, Lq] -> [B, Lq, H]
+
+
+def flash_plain(version: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    if version == "flash_attn_4":
+        return _flash_attn_4()(q, k, v, softmax_scale=1.0 / math.sqrt(q.shape[-1]))[0]
+    return _flash_attn_2()(q, k, v, softmax_scale=1.0 / math.sqrt(q.shape[-1]))
+
+
+# ---- strategies --------------------------------------------------------------------------------------
+
+class Attention:
+    """One run's attention. ``name`` says what runs; ``compile_seconds`` what ``prepare`` spent
+    compiling kernels (before any CUDA-graph capture)."""
+
+    name = "attention"
+    compile_seconds = 0.0
+
+    def prepare(self, dtype: torch.dtype, heads: int, head_dim: int) -> Attention:
+        """Once per run, before the first chunk: compile what needs compiling. Returns the strategy
+        to use (itself, or its fallback when a kernel cannot be built here)."""
+        return self
+
+    def context(self):
+        """Context the model's passes run in (SDPA's kernel priority)."""
+        return contextlib.nullcontext()
+
+    def cross(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Cross-attention to the text: plain SDPA, capturable in a CUDA graph."""
+        return sdpa(q, k, v)
+
+    def begin_chunk(self, lay) -> None:
+        """Once per chunk, before the layers: per-chunk state derived from the layout."""
+
+    def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lay) -> torch.Tensor:
+        """Self-attention of a chunk's kept queries ``q [B, Nk, H, D]`` over ``keys``/``values``
+        ``[B, Lk, H, D]`` with ``lay.key_bias`` on the first ``lay.num_biased`` keys."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"attention": self.name, "attention_compile_seconds": round(self.compile_seconds, 3)}
+
+
+class MaskAttention(Attention):
+    """PyTorch SDPA; recovery's per-key bias as a broadcast additive mask. Runs on any device."""
+
+    def __init__(self, cudnn_first: bool = False):
+        self.cudnn_first = cudnn_first
+        self.name = "sdpa" + (" (cudnn first)" if cudnn_first else "")
+        self._mask: torch.Tensor | None = None
+
+    def context(self):
+        return cudnn_priority() if self.cudnn_first else contextlib.nullcontext()
+
+    def begin_chunk(self, lay) -> None:
+        self._mask = None
+        if lay.key_bias is not None:
+            self._mask = lay.key_bias.view(-1, 1, 1, lay.key_bias.shape[-1])      # [1|B, 1, 1, Lk]
+
+    def __call__(self, q, keys, values, lay):
+        mask = None if self._mask is None else self._mask.to(q.dtype)
+        return sdpa(q, keys, values, mask)
+
+
+class SplitAttention(Attention):
+    """CUDA: a plain kernel over the never-biased keys, then ``lipar.flash_bias`` continues its
+    softmax over the biased ones. ``plain``: 'cudnn', 'flash_attn_4' or 'flash_attn_2'."""
+
+    def __init__(self, plain: str):
+        self.plain = plain
+        self.name = f"{plain} + bias kernel"
+        self._bias_log2: torch.Tensor | None = None
+
+    def prepare(self, dtype, heads, head_dim):
+        if dtype not in (torch.bfloat16, torch.float16) or not (16 <= head_dim <= 128) or head_dim & (head_dim - 1):
+            # lipar's bias kernel: bf16/fp16, head_dim a power of two in 16..128
+            return MaskAttention(cudnn_first=True)
+        if self.plain == "cudnn":
+            return self
+        t0 = time.perf_counter()
+        try:      # compile both variants (with and without lse) now, not inside a capture
+            q = torch.randn(1, 128, heads, head_dim, device="cuda", dtype=dtype)
+            flash_lse(self.plain, q, q, q)
+            flash_plain(self.plain, q, q, q)
+            torch.cuda.synchronize()
+        except Exception as e:   # a kernel this GPU, driver or toolkit cannot build: run cuDNN instead
+            log.warning("%s could not run here (%s: %s); using cuDNN attention instead.",
+                        self.plain, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            return SplitAttention("cudnn")
+        self.compile_seconds = time.perf_counter() - t0
+        log.info("%s ready in %.2f s (kernel compilation; see README 'Attention backends' to keep it between sessions)",
+                 self.plain, self.compile_seconds)
+        return self
+
+    def context(self):
+        return cudnn_priority()
+
+    def begin_chunk(self, lay) -> None:
+        self._bias_log2 = None
+        if lay.key_bias is not None and lay.num_biased:
+            self._bias_log2 = to_log2(lay.key_bias[:lay.num_biased])
+
+    def _plain(self, q, k, v):
+        if self.plain == "cudnn":
+            return sdpa(q, k, v)
+        return flash_plain(self.plain, q, k, v)
+
+    def _plain_lse(self, q, k, v):
+        if self.plain == "cudnn":
+            return cudnn_lse(q, k, v)
+        return flash_lse(self.plain, q, k, v)
+
+    def __call__(self, q, keys, values, lay):
+        if q.shape[1] == 0:     # a chunk whose tokens are all pruned (the kernels return no tensor then)
+            return q.new_empty(q.shape[:-1] + values.shape[-1:])
+        nb = lay.num_biased if self._bias_log2 is not None else 0
+        if nb == 0:
+            return self._plain(q, keys, values)
+        prev = self._plain_lse(q, keys[:, nb:], values[:, nb:]) if keys.shape[1] > nb else None
+        return attention_key_bias(q, keys[:, :nb], values[:, :nb], self._bias_log2, prev=prev)
+
+
+# ---- the choice ------------------------------------------------------------------------------------------
+
+def check_backend(backend: str, device: torch.device) -> None:
+    """Refuse an unknown backend, or one the device cannot run, with the fix."""
+    if backend not in BACKENDS:
+        raise LiparError(f"Unknown attention backend {backend!r}; choose one of {list(BACKENDS)}.")
+    if backend in ("cudnn", "flash_attn") and device.type != "cuda":
+        raise LiparError(f"Attention backend {backend!r} needs a CUDA device; choose 'auto' or 'sdpa'.")
+    if backend == "flash_attn" and flash_attn_version(device) is None:
+        raise LiparError("Attention backend 'flash_attn' was asked for but neither FlashAttention-4 (flash-attn-4, "
+                         "Hopper or newer) nor flash-attn 2.x is installed; install one or choose 'auto'.")
+
+
+def split_possible(device: torch.device) -> bool:
+    """The split form needs CUDA, Triton, and cuDNN attention with its log-sum-exp (Ampere or newer)."""
+    return (device.type == "cuda" and triton_available() and torch.backends.cudnn.is_available()
+            and torch.cuda.get_device_capability(device)[0] >= 8)
+
+
+def choose_attention(device: torch.device | str, backend: str = "auto", *, bias_mode: str | None = None) -> Attention:
+    """The run's attention strategy.
+
+    backend (the user's option): 'auto' (FlashAttention-4 over the plain keys where it is installed
+    on a GPU family in ``FA4_AUTO_FAMILIES``, cuDNN elsewhere on CUDA, SDPA off CUDA), 'cudnn',
+    'flash_attn' (FlashAttention-4 or 2.x, whichever is installed), 'sdpa' (PyTorch's own choice,
+    bias as a mask). bias_mode: a test hook ('mask' or 'split') that forces the form.
+    """
+    device = torch.device(device)
+    check_backend(backend, device)
+    if bias_mode not in (None, "mask", "split"):
+        raise LiparError(f"Unknown bias mode {bias_mode!r} (a test hook: 'mask' or 'split').")
+    can_split = split_possible(device)
+    if bias_mode == "split" and not can_split:
+        raise LiparError("The split attention form needs a CUDA GPU (Ampere or newer) with cuDNN and Triton.")
+    if device.type != "cuda" or backend == "sdpa" or bias_mode == "mask" or not can_split:
+        if backend == "flash_attn" and not can_split:
+            log.warning("flash_attn needs Triton for attention recovery's bias; using SDPA with a mask.")
+        return MaskAttention(cudnn_first=device.type == "cuda" and backend != "sdpa")
+    version = flash_attn_version(device)
+    if backend == "flash_attn" or (backend == "auto" and version == "flash_attn_4"
+                                    and torch.cuda.get_device_capability(device)[0] in FA4_AUTO_FAMILIES):
+        return SplitAttention(version)
+    return SplitAttention("cudnn")
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention with an optional per-key bias ``[Lk]`` or ``[B, Lk]``, by SDPA with a mask:
+    the definition the strategies are tested against (any device, any dtype)."""
+    mask = None
+    if key_bias is not None:
+        mask = key_bias.to(q.dtype).view(-1, 1, 1, k.shape[1])
+    return sdpa(q, k, v, mask)

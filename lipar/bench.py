@@ -26,7 +26,7 @@ from typing import Any, Callable, TextIO
 
 import torch
 
-from .attention import resolve_backend, resolve_bias_mode
+from .attention import BACKENDS, check_backend
 from .clips import KINDS as CLIP_KINDS
 from .chunks import UNBOUNDED, KVWindow, chunk_spans
 from .clips import ClipSpec, make_clip
@@ -41,8 +41,6 @@ from .schedule import parse_steps
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GRAPHS = {"auto": None, "on": True, "off": False}
-BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
-BIAS_MODES = ("auto", "split", "mask", "fold")
 MAX_SEED = 2 ** 63 - 1
 MAX_REPEAT = 1000
 MAX_TARGET_PRUNE = 0.95
@@ -77,7 +75,6 @@ class BenchOptions:
     seed: int = 0
     backend: str = "auto"
     graphs: str = "auto"       # auto | on | off
-    bias_mode: str = "auto"    # auto | split | mask | fold
     modes: str | None = None
     window_frames: int = 21    # KV window in latent frames (0: no limit); the sampler's default
     sink_frames: int = 3
@@ -94,7 +91,6 @@ class BenchOptions:
         _check_choice("--dtype", self.dtype, [None, *DTYPES])
         _check_choice("--backend", self.backend, list(BACKENDS))
         _check_choice("--graphs", self.graphs, list(GRAPHS))
-        _check_choice("--bias-mode", self.bias_mode, list(BIAS_MODES))
         check_seed(self.seed)
         _check_repeat(self.repeat)
         _check_model_path(self.model)
@@ -188,12 +184,10 @@ def _sampler_config(o: BenchOptions, device: torch.device, dtype: torch.dtype) -
     graphs = GRAPHS[o.graphs]
     if graphs and device.type != "cuda":
         raise LiparError(f"--graphs on needs a CUDA device; got --device {o.device}. Use --graphs auto or off.")
-    backend = resolve_backend(o.backend, device)
-    if o.bias_mode == "split":
-        resolve_bias_mode(o.bias_mode, backend, device)
+    check_backend(o.backend, device)
     steps = parse_steps(o.steps) if o.steps is not None else None
     return SamplerConfig(mode=o.mode, steps=steps, seed=o.seed, backend=o.backend, dtype=dtype,
-                         cuda_graphs=graphs, bias_mode=o.bias_mode, window_frames=o.window_frames,
+                         cuda_graphs=graphs, window_frames=o.window_frames,
                          sink_frames=o.sink_frames).validate()
 
 
@@ -597,7 +591,8 @@ def run_bench(o: BenchOptions | BenchSetup, progress: BenchProgress | None = Non
         "model_bytes": model_bytes,
         "working_memory_bytes": base_peak - model_bytes if base_peak else None,
         "attention_backend": base_res.info["backend"],
-        "bias_mode": o.bias_mode,
+        "attention": base_res.info["attention"],
+        "attention_compile_seconds": base_res.info["attention_compile_seconds"],
         "cuda_graphs": base_res.info["cuda_graphs"],
         "cold_seconds": round(cold.seconds, 5),
         "capture_seconds": cold.info["capture_seconds"],

@@ -20,11 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import (attention, attention_folded, attention_split, fold_width, resolve_backend,
-                             resolve_bias_mode, sdpa_context, write_folded_bias)
+from .attention import Attention, choose_attention
 from .config import WanConfig, infer_config
 from .errors import LiparError
-from .flash_bias import to_log2
 from .recovery import ChunkLayout, build_layouts, fill_keys, move_visible
 from .rope import apply_rope
 
@@ -108,21 +106,20 @@ class CausalWan:
 
     module: a Wan module tree (already on ``device``, any dtype ComfyUI or lipar uses).
     dtype: compute dtype of activations and the KV cache.
+    backend: the user's attention option (``lipar.attention.BACKENDS``), or ``attention``: a strategy
+    object (tests and benchmarks pass one to compare kernels); either way it is prepared once here.
     """
 
     def __init__(self, module: nn.Module, *, device: torch.device | str, dtype: torch.dtype,
-                 backend: str = "auto", bias_mode: str = "auto"):
+                 backend: str = "auto", attention: Attention | None = None):
         self.cfg = check_wan_module(module)
         self.module = module
         self.device = torch.device(device)
         self.dtype = dtype
-        self.backend = resolve_backend(backend, self.device)
-        # How recovery's per-key log-multiplicities reach the kernel (see lipar.attention).
-        self.bias_mode = resolve_bias_mode(bias_mode, self.backend, self.device)
-        self.fold_bias = self.bias_mode == "fold"   # keys cached with the extra bias channel
-        self._bias_log2: torch.Tensor | None = None  # split mode: the chunk's bias in the kernel's units
+        self.backend = backend
+        self.attn = (attention or choose_attention(self.device, backend)).prepare(
+            dtype, self.cfg.num_heads, self.cfg.head_dim)
         self._dup_scratch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._folded_q: dict | None = None      # reusable padded-query buffers (folded keys)
         self.text_k: torch.Tensor | None = None   # [layers, B, Ltext, H, D]
         self.text_v: torch.Tensor | None = None
         self.cache_k: torch.Tensor | None = None  # [layers, B, capacity, H, D]
@@ -159,43 +156,25 @@ class CausalWan:
             out[1][i] = ca.v(ctx).view(b, -1, h, hd)
         self.text_k, self.text_v = out
 
-    def allocate_cache(self, batch: int, capacity: int, folded: bool = False, scratch: int = 0) -> None:
-        """KV cache buffers: keys ``[layers, B, capacity, H, W]`` with W = head_dim, or
-        fold_width(head_dim) (head_dim + 1 padded to 16) when a per-key bias is folded into the keys;
-        values ``[layers, B, capacity, H, head_dim]``. ``scratch``: token length of the
-        one-layer buffers where materialised duplicates are assembled."""
+    def allocate_cache(self, batch: int, capacity: int, scratch: int = 0) -> None:
+        """KV cache buffers: keys and values ``[layers, B, capacity, H, head_dim]``. ``scratch``:
+        token length of the one-layer buffers where materialised duplicates are assembled."""
         cfg = self.cfg
-        kw = fold_width(cfg.head_dim) if folded else cfg.head_dim
-        kshape = (cfg.num_layers, batch, capacity, cfg.num_heads, kw)
-        vshape = kshape[:-1] + (cfg.head_dim,)
-        self.cache_k = torch.empty(kshape, device=self.device, dtype=self.dtype)
-        self.cache_v = torch.empty(vshape, device=self.device, dtype=self.dtype)
+        shape = (cfg.num_layers, batch, capacity, cfg.num_heads, cfg.head_dim)
+        self.cache_k = torch.empty(shape, device=self.device, dtype=self.dtype)
+        self.cache_v = torch.empty(shape, device=self.device, dtype=self.dtype)
         self._dup_scratch = None
         if scratch:
-            self._dup_scratch = (torch.empty((batch, scratch) + kshape[3:], device=self.device, dtype=self.dtype),
-                                 torch.empty((batch, scratch) + vshape[3:], device=self.device, dtype=self.dtype))
-        self._folded_q = None
-        if folded:   # padding channels stay zero; the bias channel is written per chunk
-            self.cache_k[..., cfg.head_dim:].zero_()
-
-    @property
-    def folded(self) -> bool:
-        return self.cache_k is not None and self.cache_k.shape[-1] != self.cfg.head_dim
+            self._dup_scratch = (torch.empty((batch, scratch) + shape[3:], device=self.device, dtype=self.dtype),
+                                 torch.empty((batch, scratch) + shape[3:], device=self.device, dtype=self.dtype))
 
     def begin_chunk(self, lay: ChunkLayout) -> None:
         """Before a chunk's passes, once for all layers: when the KV window has moved, gather
         the tokens the chunk still sees into place (one layer at a time, so the temporary is one
-        layer's keys); with folded keys, write the chunk's per-key bias into the bias channel of
-        the cache (the passes only write channels < D); in split mode, convert the biased keys'
-        bias to the kernel's units."""
+        layer's keys); then the attention strategy's per-chunk state (the bias in its units)."""
         for i in range(self.cfg.num_layers if lay.gather_src is not None else 0):
             move_visible(self.cache_k[i], self.cache_v[i], lay)
-        if lay.key_bias is None:
-            return
-        if self.folded:
-            write_folded_bias(self.cache_k, lay.key_bias, self.cfg.head_dim, start=lay.key_start)
-        elif self.bias_mode == "split":
-            self._bias_log2 = to_log2(lay.key_bias[:lay.num_biased])
+        self.attn.begin_chunk(lay)
 
     def plan_buckets(self, layouts: list[ChunkLayout]) -> None:
         """Eager passes take any shape; ``GraphedCausalWan`` picks its CUDA-graph buckets here."""
@@ -205,8 +184,7 @@ class CausalWan:
         return sum(t.numel() * t.element_size() for t in (self.cache_k, self.cache_v) if t is not None)
 
     def release(self) -> None:
-        self.text_k = self.text_v = self.cache_k = self.cache_v = self._dup_scratch = self._folded_q = None
-        self._bias_log2 = None
+        self.text_k = self.text_v = self.cache_k = self.cache_v = self._dup_scratch = None
 
     # ---- one pass ----------------------------------------------------------------
     def time_embeddings(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +217,7 @@ class CausalWan:
         if layout.num_kept == 0:   # every token pruned: nothing to compute, nothing to cache
             return latent.new_zeros(latent.shape, dtype=self.dtype)
         x, e, e0 = self.embed(latent, timestep, layout)
-        with sdpa_context(self.backend):
+        with self.attn.context():
             for i in range(self.cfg.num_layers):
                 q, k, v = self.pre_attention(i, x, e0, layout.rope)
                 x = self.post_attention(i, x, self.self_attention(i, q, k, v, layout), e0)
@@ -265,11 +243,7 @@ class CausalWan:
     def self_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
         """Store this chunk's k/v in layer i's cache, add recovery keys, attend: [B, Nk, H, D]."""
         keys, values = fill_keys(self.cache_k[i], self.cache_v[i], k, v, lay, scratch=self._dup_scratch)
-        if self.folded:   # bias channel written by begin_chunk (zero = multiplicity 1 where none)
-            return attention_folded(q, keys, values, backend=self.backend, out=self._folded_q)
-        if lay.key_bias is not None and self.bias_mode == "split":
-            return attention_split(q, keys, values, lay.num_biased, self._bias_log2)
-        return attention(q, keys, values, key_bias=lay.key_bias, backend=self.backend, bias_mode=self.bias_mode)
+        return self.attn(q, keys, values, lay)
 
     def post_attention(self, i: int, x: torch.Tensor, a: torch.Tensor, e0: torch.Tensor) -> torch.Tensor:
         """Block i after self-attention (output projection, cross-attention, FFN)."""
@@ -280,7 +254,7 @@ class CausalWan:
         x = torch.addcmul(x, blk.self_attn.o(a.flatten(2)), mod[2])
         ca = blk.cross_attn
         qc = ca.norm_q(ca.q(blk.norm3(x))).view(b, n, cfg.num_heads, cfg.head_dim)
-        x = x + ca.o(attention(qc, self.text_k[i], self.text_v[i], backend=self.backend).flatten(2))
+        x = x + ca.o(self.attn.cross(qc, self.text_k[i], self.text_v[i]).flatten(2))
         y = modulated_norm(blk.norm2, x, mod[3], mod[4])
         return torch.addcmul(x, feed_forward(blk.ffn, y), mod[5])
 
@@ -318,6 +292,7 @@ def forward_once(module: nn.Module, latent: torch.Tensor, timestep: torch.Tensor
     runner.encode_text(context)
     ts = timestep.view(b, -1).to(device)
     try:
+        runner.begin_chunk(lay)
         return runner.forward_chunk(latent, ts, lay)
     finally:
         runner.release()

@@ -21,13 +21,13 @@ import math
 
 import torch
 
-from .kernels import _triton, triton_available
+from .kernels import _triton
 
 LOG2E = 1.4426950408889634
 NEG_BIAS = -30000.0   # finite floor for biases: exp() underflows to 0, no inf - inf, fits bf16 keys
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages): the fastest of 11 configs on the split shapes of
-# the 33.8% run on an H100 (benchmarks/bias_attention.py --sweep; within 2% of (128, 64, 8, 4)).
+# the 33.8% run on an H100 (the removed benchmarks/bias_attention.py --sweep, results/bias_attention_sweep.json; within 2% of (128, 64, 8, 4)).
 # Tried and dropped: TMA tensor-descriptor loads and warp specialisation (slower or no
 # better), lazy rescaling of the accumulator (the branch cost 15%).
 CONFIG = (128, 64, 8, 3)
@@ -95,13 +95,6 @@ def _kernel():
                  mask=row_ok[:, None])
 
     return attn_fwd
-
-
-def supported(q: torch.Tensor) -> bool:
-    """True where the kernel runs: CUDA, Triton importable, bf16/fp16, D a power of two in 16..128."""
-    d = q.shape[-1]
-    return (q.is_cuda and triton_available() and q.dtype in (torch.bfloat16, torch.float16)
-            and 16 <= d <= 128 and d & (d - 1) == 0)
 
 
 def to_log2(key_bias: torch.Tensor) -> torch.Tensor:

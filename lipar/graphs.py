@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import sdpa_context
 from .causal import CausalWan
 from .recovery import ChunkLayout
 
@@ -130,7 +129,7 @@ def has_weight_hooks(module: torch.nn.Module) -> bool:
 
 
 def _signature(runner: CausalWan) -> tuple:
-    return (runner.dtype, runner.device, runner.backend, runner.bias_mode, weights_signature(runner.module))
+    return (runner.dtype, runner.device, runner.attn.name, weights_signature(runner.module))
 
 
 @functools.lru_cache(maxsize=None)
@@ -220,7 +219,7 @@ class GraphedCausalWan(CausalWan):
         gs.e.copy_(e)
         gs.e0.copy_(e0)
         gs.rope[:n] = layout.rope
-        with sdpa_context(self.backend):
+        with self.attn.context():
             gs.graphs[0].replay()
             for i in range(self.cfg.num_layers):
                 a = self.self_attention(i, gs.q[:, :n], gs.k[:, :n], gs.v[:, :n], layout)
@@ -245,11 +244,11 @@ class GraphedCausalWan(CausalWan):
         segs = [lambda j=j: self._segment(gs, j) for j in range(cfg.num_layers + 1)]
         side = _warmup_stream(dev.index if dev.index is not None else torch.cuda.current_device())
         side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side), sdpa_context(self.backend):
+        with torch.cuda.stream(side), self.attn.context():
             for seg in segs:          # warm-up: lazy inits happen outside capture
                 seg()
         torch.cuda.current_stream(dev).wait_stream(side)
-        with sdpa_context(self.backend):
+        with self.attn.context():
             for seg in segs:
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g, pool=self.entry.pool):

@@ -70,8 +70,8 @@ from .errors import LiparError
 from .plan import PruningPlan
 from .rope import apply_rope, frame_shift_angles, rope_angles, rope_table, token_positions
 
-RECOVERY_MODES = ("none", "m_degree", "noise_aware")
-RECOVERY_FORMS = ("exact", "compressed")
+RECOVERY_MODES = ("noise_aware", "m_degree", "none")      # the default first (widget order)
+RECOVERY_FORMS = ("compressed", "exact")
 
 
 def check_recovery(mode: str, form: str) -> None:
@@ -358,9 +358,7 @@ def fill_keys(kb: torch.Tensor, vb: torch.Tensor, k: torch.Tensor, v: torch.Tens
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write a chunk's keys/values into one layer's cache and add its duplicates.
 
-    kb, vb: key [B, capacity, H, W] and value [B, capacity, H, D] cache of one layer;
-            W = D, or the folded width (channel D then carries the chunk's key bias,
-            written by ``CausalWan.begin_chunk``; only channels < D here).
+    kb, vb: key and value cache of one layer, [B, capacity, H, D].
     k, v:   [B, Nk, H, D] this chunk's RoPE'd keys and values, in the layout's kept order:
             the first ``own_len`` go to ``[cache_len, cache_len + own_len)``, the last
             ``num_own_biased`` also to ``[own_biased_slot, own_biased_slot + num_own_biased)``.

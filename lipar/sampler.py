@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .attention import BACKENDS, Attention, check_backend
 from .causal import CausalWan
 from .chunks import KVWindow, chunk_spans
 from .errors import LiparError
@@ -42,10 +43,8 @@ class SamplerConfig:
     seed: int = 0
     recovery: str = "noise_aware"          # none | m_degree | noise_aware
     recovery_form: str = "compressed"      # compressed (log-multiplicity) | exact (materialised duplicates)
-    backend: str = "auto"                  # auto (cudnn on CUDA) | sdpa | cudnn | flash_attn
-    bias_mode: str = "auto"                # how compressed recovery's bias reaches the kernel: auto | split | mask | fold
+    backend: str = "auto"                  # attention: auto | sdpa | cudnn | flash_attn (lipar.attention.BACKENDS)
     dtype: torch.dtype | None = None       # compute dtype; None: bfloat16 on CUDA, float32 elsewhere
-    cache_last_chunk: bool = False         # run the (unused) cache-update pass after the last chunk too
     cuda_graphs: bool | None = None        # replay passes as CUDA graphs; None: on for CUDA devices
     window_frames: int = 21                # KV cache / attention window in latent frames (0: no limit)
     sink_frames: int = 3                   # first frames kept for the whole video once the window rolls
@@ -67,6 +66,8 @@ class SamplerConfig:
         if not (1 <= self.chunk_frames <= 64):
             raise LiparError(f"chunk_frames must be within [1, 64]; got {self.chunk_frames}. Self-Forcing uses 3.")
         check_recovery(self.recovery, self.recovery_form)
+        if self.backend not in BACKENDS:
+            raise LiparError(f"Unknown attention backend {self.backend!r}; choose one of {list(BACKENDS)}.")
         self.window.validate(self.chunk_frames)
         return self
 
@@ -135,7 +136,8 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
            plan: PruningPlan | None = None, config: SamplerConfig | None = None,
            device: torch.device | str | None = None,
            on_pass: Callable[[PassInfo], None] | None = None,
-           on_chunk: Callable[[int, int, torch.Tensor], None] | None = None) -> SampleResult:
+           on_chunk: Callable[[int, int, torch.Tensor], None] | None = None,
+           attention: Attention | None = None) -> SampleResult:
     """Run Self-Forcing sampling over a whole video latent.
 
     module:   a Wan2.1 DiT module tree (lipar ``WanDiT`` or ComfyUI ``WanModel``) on ``device``.
@@ -146,6 +148,8 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     on_pass:  called before every transformer pass; raising from it cancels cleanly.
     on_chunk: called as ``on_chunk(sample, chunk, x0)`` with each finished chunk's denoised latent
               x0 [1, 16, F, H, W] on the device (e.g. for previews; do not keep a reference).
+    attention: a strategy to use instead of ``choose_attention(device, config.backend)`` (tests and
+              benchmarks compare kernels with it; see ``lipar.attention``).
     """
     config = (config or SamplerConfig()).validate()
     check_latent(latent, what="latent")
@@ -160,19 +164,19 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
         plan.check_latent(latent, config.chunk_frames)
         plan, window_kept = restrict_to_window(plan, config.window)
     use_graphs, graphs_note = _graphs_decision(config.cuda_graphs, module, device)
+    check_backend(config.backend, device)
     if use_graphs:
         from .graphs import GraphedCausalWan
-        runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend,
-                                  bias_mode=config.bias_mode)
+        runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention)
     else:
-        runner = CausalWan(module, device=device, dtype=dtype, backend=config.backend, bias_mode=config.bias_mode)
+        runner = CausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention)
     if runner.cfg.in_dim != c:
         raise LiparError(f"The latent has {c} channels but the model takes {runner.cfg.in_dim}.")
 
     steps = config.resolved_steps()
     sig = sigmas(steps, config.shift)
     spans = chunk_spans(t, config.chunk_frames)
-    cache_passes = len(spans) if config.cache_last_chunk else len(spans) - 1
+    cache_passes = len(spans) - 1      # the last chunk's cache pass would feed no later chunk
     total = b * (len(spans) * len(steps) + cache_passes)
     # All noise up front from a seeded CPU generator: the same seed gives the same video on any
     # device. Noise, source and output stay on the host (pinned for CUDA); each chunk's slices
@@ -209,7 +213,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     hw = (h // 2) * (w // 2)
     tokens_full = b * sum(n * hw * (len(steps) + (i < cache_passes)) for i, (_, n) in enumerate(spans))
     info = {"steps": list(steps), "sigmas": sig, "chunks": len(spans), "dtype": str(dtype).replace("torch.", ""),
-            "backend": runner.backend, "bias_mode": runner.bias_mode,
+            "backend": config.backend, **runner.attn.describe(),
             "recovery": config.recovery if plan is not None else "unpruned",
             "recovery_form": config.recovery_form, "cuda_graphs": use_graphs, "path": graphs_note,
             "kernels": "triton" if _triton_available() and device.type == "cuda" else "pytorch",
@@ -307,7 +311,6 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
     # The cache holds kept tokens only; materialised duplicates (exact form) are assembled
     # per layer in one scratch buffer.
     runner.allocate_cache(1, max(lay.key_end - lay.num_dups for lay in layouts),
-                          folded=runner.fold_bias and any(lay.key_bias is not None for lay in layouts),
                           scratch=max(lay.key_len for lay in layouts) if any(lay.num_dups for lay in layouts) else 0)
     runner.encode_text(context)
     n_steps, n_chunks = len(sig), len(layouts)

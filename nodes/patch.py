@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from ..lipar.recovery import check_recovery
+from ..lipar.attention import BACKENDS
+from ..lipar.recovery import RECOVERY_FORMS, RECOVERY_MODES, check_recovery
+from ..lipar.sampler import SamplerConfig
 from .common import CATEGORY, diffusion_model, user_errors
 
-RECOVERY = ("noise_aware", "m_degree", "none")
-RECOVERY_FORMS = ("compressed", "exact")
-BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn")
+_DEFAULTS = SamplerConfig()
 # What the sampler uses when no patch is connected: the library's default recovery, so a
 # forgotten (or bypassed) patch never silently gives the naive-pruning ablation.
-DEFAULT_OPTIONS = {"recovery": "noise_aware", "recovery_form": "compressed", "attention_backend": "auto"}
+DEFAULT_OPTIONS = {"recovery": _DEFAULTS.recovery, "recovery_form": _DEFAULTS.recovery_form,
+                   "attention_backend": _DEFAULTS.backend}
 
 
 class AttentionRecoveryPatch:
@@ -30,17 +31,18 @@ class AttentionRecoveryPatch:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "A Wan2.1-T2V / Self-Forcing diffusion model."}),
-                "recovery": (list(RECOVERY), {"default": "noise_aware", "tooltip":
+                "recovery": (list(RECOVERY_MODES), {"default": _DEFAULTS.recovery, "tooltip":
                     "noise_aware (default): pruned tokens borrow the clean key/value of their location from the KV "
                     "cache, re-rotated to their own position (paper 2.4.1). m_degree: a kept token's key counts once "
                     "per pruned token it stands for (Eq. 4). none: naive pruning (ablation)."}),
-                "recovery_form": (list(RECOVERY_FORMS), {"default": "compressed", "tooltip":
+                "recovery_form": (list(RECOVERY_FORMS), {"default": _DEFAULTS.recovery_form, "tooltip":
                     "compressed (default): no duplicates; each stand-in key gets a log-multiplicity score bias "
                     "(shorter keys, less memory, faster). exact: duplicated keys/values are materialised at their "
                     "own RoPE positions (exact for identical tokens; more attention work)."}),
-                "attention_backend": (list(BACKENDS), {"default": "auto", "tooltip":
-                    "Attention kernel: auto (cuDNN SDPA on CUDA, PyTorch SDPA elsewhere), sdpa, cudnn (CUDA only), "
-                    "flash_attn (needs the flash-attn package)."}),
+                "attention_backend": (list(BACKENDS), {"default": _DEFAULTS.backend, "tooltip":
+                    "Attention kernel: auto (FlashAttention-4 on Hopper GPUs where it is installed, else cuDNN on "
+                    "CUDA, PyTorch SDPA elsewhere), sdpa, cudnn (CUDA only), flash_attn (FlashAttention-4 or "
+                    "flash-attn 2.x, whichever is installed)."}),
             },
         }
 

@@ -196,7 +196,7 @@ class SelfForcingSampler:
             "cuda_graphs": bool(ri.get("cuda_graphs", False)),
             "path": ri.get("path"),
             "kernels": ri.get("kernels"),
-            "bias_mode": ri.get("bias_mode"),
+            "attention": ri.get("attention"),
             "graphs_kept": bool(ri.get("cuda_graphs")) and graphs_kept,
             "window_frames": ri.get("window_frames"),
             "sink_frames": ri.get("sink_frames"),
@@ -205,7 +205,7 @@ class SelfForcingSampler:
             "steps": list(ri.get("steps", [])),
             "note": run_note(result.plan, patch_options, mode, ri),
         }
-        info["details"] = {"ran": f"{info['path']}, {info['kernels']} kernels, {info['backend']} attention",
+        info["details"] = {"ran": f"{info['path']}, {info['kernels']} kernels, {info['attention']} attention",
                            "KV window": (f"{info['window_frames']} frames, sink {info['sink_frames']}"
                                          + (" (rolled)" if info["window_rolls"] else "")
                                          if info["window_frames"] else "unbounded")}

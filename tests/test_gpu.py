@@ -1,9 +1,12 @@
 """GPU correctness (bf16 kernels): runs on a CUDA machine, skips cleanly elsewhere."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import lipar
+from lipar.attention import choose_attention, flash_attn_version
 from lipar.clips import ClipSpec, make_clip
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -13,8 +16,10 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "auto"])
+@pytest.mark.parametrize("backend", ["sdpa", "cudnn", "auto", "flash_attn"])
 def test_bf16_cuda_sampling_matches_float64_cpu(backend):
+    if backend == "flash_attn" and flash_attn_version(torch.device("cuda")) is None:
+        pytest.skip("no FlashAttention installed")
     clip = make_clip(ClipSpec(latent_frames=6, height=16, width=24, objects=1, object_size=0.4))
     ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(0))
     plan = lipar.build_plan(clip)
@@ -32,20 +37,43 @@ def test_bf16_cuda_sampling_matches_float64_cpu(backend):
             assert err < 3e-2, (p is not None, form, err)
 
 
-def test_fold_and_mask_bias_agree_on_gpu():
-    from lipar.attention import attention
+def _strategies():
+    """Every attention strategy this machine can run: mask, split over cuDNN, split over FlashAttention
+    (4 or 2.x) when installed."""
+    from lipar.attention import MaskAttention, SplitAttention, flash_attn_version
 
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, 300, 12, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
-    bias = torch.log1p(torch.randint(0, 4, (300,), device="cuda", generator=g).float())
-    ref = attention(q.double(), k.double(), v.double(), key_bias=bias.double(), backend="sdpa", bias_mode="mask")
-    for mode in ("mask", "fold"):
-        out = attention(q, k, v, key_bias=bias, backend="sdpa", bias_mode=mode)
-        assert _rel(out, ref) < 1e-2, mode
+    out = [MaskAttention(cudnn_first=True), SplitAttention("cudnn")]
+    version = flash_attn_version(torch.device("cuda"))
+    if version:
+        out.append(SplitAttention(version))
+    return out
 
 
-@pytest.mark.parametrize("form,bias_mode", [("exact", "auto"), ("compressed", "split"), ("compressed", "fold"),
-                                            ("compressed", "mask")])
+@pytest.mark.parametrize("lq,lk,nb", [(300, 300, 120), (4680 // 8, 2000, 0), (77, 517, 516), (5, 700, 1)])
+def test_attention_strategies_match_sdpa(lq, lk, nb):
+    """Each strategy equals float64 attention with the bias; its error is within 3x of bf16 SDPA's
+    own error against the same float64 reference (biased keys first, as the cache lays them out)."""
+    from types import SimpleNamespace
+
+    from lipar.attention import reference_attention
+
+    g = torch.Generator(device="cuda").manual_seed(lq + lk)
+    q = torch.randn(1, lq, 12, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(1, lk, 12, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    bias = torch.zeros(lk, device="cuda")
+    bias[:nb] = torch.log1p(torch.randint(0, 6, (nb,), device="cuda", generator=g).float())
+    lay = SimpleNamespace(key_bias=bias if nb else None, num_biased=nb)
+    ref = reference_attention(q.double(), k.double(), v.double(), bias.double())
+    own = _rel(reference_attention(q, k, v, bias), ref)       # bf16 SDPA's own error
+    for attn in _strategies():
+        attn = attn.prepare(torch.bfloat16, 12, 128)
+        attn.begin_chunk(lay)
+        with attn.context():
+            err = _rel(attn(q, k, v, lay), ref)
+        assert err < 3 * own + 1e-4, (attn.name, err, own)
+
+
+@pytest.mark.parametrize("form,bias_mode", [("exact", None), ("compressed", "split"), ("compressed", "mask")])
 def test_cuda_graph_passes_equal_eager_passes(form, bias_mode):
     clip = make_clip(ClipSpec(latent_frames=9, height=32, width=48, objects=2, object_size=0.3))
     ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(1))
@@ -60,8 +88,9 @@ def test_cuda_graph_passes_equal_eager_passes(form, bias_mode):
     for p in (plan, None, plan):
         outs = []
         for graphs in (False, True):
-            cfg = lipar.SamplerConfig(seed=2, recovery_form=form, cuda_graphs=graphs, bias_mode=bias_mode)
-            outs.append(lipar.sample(model, ctx.cuda(), clip.cuda(), plan=p, config=cfg))
+            cfg = lipar.SamplerConfig(seed=2, recovery_form=form, cuda_graphs=graphs)
+            attn = choose_attention("cuda", bias_mode=bias_mode)
+            outs.append(lipar.sample(model, ctx.cuda(), clip.cuda(), plan=p, config=cfg, attention=attn))
         assert outs[1].info["cuda_graphs"] and not outs[0].info["cuda_graphs"]
         err = _rel(outs[1].latent, outs[0].latent)
         assert err < 1e-2, (p is not None, err)
@@ -156,7 +185,7 @@ def test_triton_rope_matches_torch_rope(b, h, d):
 def test_flash_bias_kernel_continues_cudnn_attention(lq, lp, lf):
     """lipar.flash_bias over biased keys, continuing cuDNN's result over plain keys (or
     alone), equals float64 attention over all keys; ragged lengths, cache-like strides."""
-    from lipar.attention import attention_lse, attention_split
+    from lipar.attention import SplitAttention, cudnn_lse
     from lipar.flash_bias import attention_key_bias, to_log2
 
     g = torch.Generator(device="cuda").manual_seed(lq + lp + lf)
@@ -169,38 +198,46 @@ def test_flash_bias_kernel_continues_cudnn_attention(lq, lp, lf):
     s = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) / d**0.5 + bias.double()
     ref = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v.double())
     b2 = to_log2(bias[:lf])
-    prev = attention_lse(q, k[:, lf:], v[:, lf:]) if lp else None
+    prev = cudnn_lse(q, k[:, lf:], v[:, lf:]) if lp else None
     out = attention_key_bias(q, k[:, :lf], v[:, :lf], b2, prev=prev)
     assert _rel(out, ref) < 1e-2
-    assert _rel(attention_split(q, k, v, lf, b2), ref) < 1e-2
+    lay = SimpleNamespace(key_bias=bias, num_biased=lf)
+    split = SplitAttention("cudnn")
+    split.begin_chunk(lay)
+    assert _rel(split(q, k, v, lay), ref) < 1e-2
     if lp:   # the continuation is not a no-op: without the plain part the result differs
         assert _rel(attention_key_bias(q, k[:, :lf], v[:, :lf], b2), ref) > 5e-2
 
 
-def test_auto_bias_mode_is_split_on_cuda():
+def test_auto_attention_is_split_on_cuda():
+    from lipar.attention import MaskAttention, SplitAttention, flash_attn_version
     from lipar.causal import CausalWan
 
     model = lipar.build_model(lipar.TINY, seed=0, dtype=torch.bfloat16, device="cuda")
-    assert CausalWan(model, device="cuda", dtype=torch.bfloat16).bias_mode == "split"
-    assert CausalWan(model, device="cuda", dtype=torch.bfloat16, backend="sdpa").bias_mode == "mask"
+    auto = CausalWan(model, device="cuda", dtype=torch.bfloat16).attn
+    assert isinstance(auto, SplitAttention)
+    fa4_auto = flash_attn_version(torch.device("cuda")) == "flash_attn_4" and torch.cuda.get_device_capability()[0] == 9
+    assert auto.plain == ("flash_attn_4" if fa4_auto else "cudnn"), auto.name
+    assert isinstance(CausalWan(model, device="cuda", dtype=torch.bfloat16, backend="sdpa").attn, MaskAttention)
+    assert CausalWan(model, device="cuda", dtype=torch.bfloat16, backend="cudnn").attn.plain == "cudnn"
 
 
 def test_split_attention_with_no_queries_and_an_all_pruned_clip():
     """A static clip prunes whole chunks (no query tokens): the split path returns empty
     outputs there and the sampled video matches the mask path."""
-    from lipar.attention import attention_split
-    from lipar.flash_bias import to_log2
-
     k = torch.randn(1, 40, 12, 128, device="cuda", dtype=torch.bfloat16)
     q = k[:, :0]
-    assert attention_split(q, k, k, 10, to_log2(torch.zeros(10, device="cuda"))).shape == (1, 0, 12, 128)
+    lay = SimpleNamespace(key_bias=torch.zeros(40, device="cuda"), num_biased=10)
+    for attn in _strategies():
+        attn.begin_chunk(lay)
+        assert attn(q, k, k, lay).shape == (1, 0, 12, 128), attn.name
     clip = make_clip(ClipSpec(kind="static", latent_frames=9, height=32, width=48))
     plan = lipar.build_plan(clip.cuda())
     assert plan.prune_ratio() > 0.5
     ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(1))
     model = lipar.build_model(lipar.TINY, seed=4, dtype=torch.bfloat16, device="cuda")
-    outs = [lipar.sample(model, ctx.cuda(), clip.cuda(), plan=plan,
-                         config=lipar.SamplerConfig(seed=2, bias_mode=m, recovery_form="compressed")).latent
+    outs = [lipar.sample(model, ctx.cuda(), clip.cuda(), plan=plan, attention=choose_attention("cuda", bias_mode=m),
+                         config=lipar.SamplerConfig(seed=2, recovery_form="compressed")).latent
             for m in ("split", "mask")]
     assert torch.isfinite(outs[0]).all() and _rel(outs[0], outs[1]) < 1e-2
 

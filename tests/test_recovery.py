@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lipar
-from lipar.attention import attention
+from lipar.attention import MaskAttention, choose_attention
 from lipar.plan import PlanConfig, PruningPlan, derive_frames
 from lipar.recovery import build_layouts, fill_keys
 from lipar.rope import apply_rope, rope_angles, rope_table, token_positions
@@ -68,13 +68,15 @@ def _recovered(q, k, v, plan, mode, form, chunk=3, scratch=False):
         n = max(l.key_len for l in lays)
         sb = (torch.zeros(1, n, H, D, dtype=torch.float64), torch.zeros(1, n, H, D, dtype=torch.float64))
     outs = {}
+    attn = MaskAttention()
     for lay in lays:
         g0 = lay.frame_start * hp * wp
         idx = g0 + lay.kept_idx
         qk = apply_rope(q[:, idx], lay.rope)
         kk = apply_rope(k[:, idx], lay.rope)
         keys, values = fill_keys(kb, vb, kk, v[:, idx], lay, scratch=sb)
-        out = attention(qk, keys, values, key_bias=lay.key_bias, backend="sdpa")
+        attn.begin_chunk(lay)
+        out = attn(qk, keys, values, lay)
         for j, gi in enumerate(idx.tolist()):
             outs[gi] = out[:, j]
     return outs
@@ -185,15 +187,31 @@ def test_compressed_layouts_split_the_cache_into_biased_and_plain_regions(seed, 
     assert 0 < lays[-1].num_biased < total   # both regions in use here
 
 
-def test_fold_bias_equals_mask_bias():
-    from lipar.attention import fold_key_bias
+def test_mask_attention_is_softmax_with_a_per_key_bias():
+    """The mask strategy equals softmax(q.k / sqrt(D) + bias) v in float64, per-sample biases and a
+    masked (-inf) padding key included; off CUDA every backend choice gives it."""
+    from types import SimpleNamespace
 
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 11, 2, 16, generator=g, dtype=torch.float64) for _ in range(3))
     bias = torch.log1p(torch.randint(0, 4, (2, 11), generator=g).double())
-    bias[1, 3] = float("-inf")   # a masked (padding) key
-    a = attention(q, k, v, key_bias=bias, backend="sdpa", bias_mode="mask")
-    b = attention(q, k, v, key_bias=bias, backend="sdpa", bias_mode="fold")
-    assert (a - b).abs().max().item() < 1e-10
-    qp, kp, vp, scale = fold_key_bias(q, k, v, bias)
-    assert qp.shape[-1] % 16 == 0 and qp.shape[-1] > 16 and scale == pytest.approx(16 ** -0.5)
+    bias[1, 3] = float("-inf")
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) / 4.0 + bias[:, None, None, :]
+    ref = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v)
+    attn = choose_attention("cpu", "auto")
+    assert isinstance(attn, MaskAttention)
+    lay = SimpleNamespace(key_bias=bias, num_biased=11)
+    attn.begin_chunk(lay)
+    assert (attn(q, k, v, lay) - ref).abs().max().item() < 1e-12
+    attn.begin_chunk(SimpleNamespace(key_bias=None, num_biased=0))   # the bias does not leak into the next chunk
+    assert (attn(q, k, v, lay) - ref).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("backend,bias_mode,msg", [("xformers", None, "Unknown attention backend"),
+                                                   ("cudnn", None, "needs a CUDA device"),
+                                                   ("flash_attn", None, "needs a CUDA device"),
+                                                   ("auto", "fold", "Unknown bias mode"),
+                                                   ("auto", "split", "needs a CUDA GPU")])
+def test_attention_choice_refuses_what_cannot_run(backend, bias_mode, msg):
+    with pytest.raises(lipar.LiparError, match=msg):
+        choose_attention("cpu", backend, bias_mode=bias_mode)

@@ -258,7 +258,7 @@ class Worker:
         try:
             with torch.no_grad():
                 r = lipar.sample(ref, context, z, plan=latent.get("lipar_plan"), device=dev,
-                                 config=self.sampler_config(torch.float32, backend="sdpa", bias_mode="mask"))
+                                 config=self.sampler_config(torch.float32, backend="sdpa"))
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
             del ref
@@ -695,8 +695,8 @@ def group_notriton(W: Worker) -> None:
         model = W.load_unet(W.spec["files"]["dit"], "default")
         runs = [W.checked_run("no_triton/" + p, model, inp["latents"][p], inp) for p in PLANS]
         backend = runs[0]["info"].get("backend") or "auto"
-        bias = lipar.attention.resolve_bias_mode("auto", backend, W.device)
-        notes = [f"triton hidden={hidden}", f"bias mode {bias} (split needs Triton), RoPE in PyTorch",
+        attn = lipar.attention.choose_attention(W.device, backend).name
+        notes = [f"triton hidden={hidden}", f"attention {attn} (the split form needs Triton), RoPE in PyTorch",
                  "node path " + ", ".join(str(r["info"].get("path", r["path"])) for r in runs)]
         cross_check(W, name, t0, runs, notes, extra_ok=hidden, against="node")
 
