@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import torch
 
@@ -127,6 +128,7 @@ class SelfForcingSampler:
 
     def sample(self, model, positive, latent, seed, steps, shift, chunk_frames, mode,
                window_frames=_DEFAULTS.window_frames, sink_frames=_DEFAULTS.sink_frames):
+        clock = [time.perf_counter()]
         samples = latent_samples(latent)
         module = diffusion_model(model)
         plan = latent_plan(latent)
@@ -151,7 +153,9 @@ class SelfForcingSampler:
             cfg = check_wan_module(module)
 
         needed = inference_memory(cfg, samples.shape, config)
+        clock.append(time.perf_counter())
         host.load_model(model, needed)
+        clock.append(time.perf_counter())
         module = model.model.diffusion_model
         device = model_device(model, module)
         graphs = cuda_graphs_allowed(model)
@@ -169,6 +173,7 @@ class SelfForcingSampler:
             result = sample(module, context, z, plan=plan, config=config, device=device, on_pass=on_pass,
                                   on_chunk=previews.chunk_done)
             restored = restore_latent(result.latent, result.plan)
+        clock.append(time.perf_counter())
         progress.update(result.passes, result.passes, previews.ready(wait=True))
         graphs_kept = host.keep_graphs(model, device, needed)
         if result.info.get("cuda_graphs") and not graphs_kept:
@@ -177,6 +182,7 @@ class SelfForcingSampler:
 
         out = {k: v for k, v in latent.items() if k != PLAN_KEY}
         out["samples"] = out_samples
+        clock.append(time.perf_counter())
         b, _, t = samples.shape[:3]
         video_frames = b * (4 * (t - 1) + 1)
         seconds = float(result.seconds)
@@ -203,6 +209,10 @@ class SelfForcingSampler:
             "window_rolls": bool(ri.get("window_rolls")),
             "kv_cache_bytes": ri.get("kv_cache_bytes"),
             "steps": list(ri.get("steps", [])),
+            # where the node's own time went: checks, ComfyUI's model loading, lipar.sample (its host-side set-up
+            # included), previews/restore/copy-out after it
+            "node_seconds": {name: round(b - a, 4) for name, a, b in
+                             zip(("checks", "load_model", "sample_call", "after"), clock, clock[1:])},
             "note": run_note(result.plan, patch_options, mode, ri),
         }
         info["details"] = {"ran": f"{info['path']}, {info['kernels']} kernels, {info['attention']} attention",
