@@ -22,34 +22,50 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class CausalConv3d(nn.Conv3d):
+class _Hooks:
+    """ComfyUI's on-the-fly weight hooks: ``comfy_cast_weights`` (a flag), ``weight_function`` and
+    ``bias_function`` (lists of functions applied to the weight / bias inside forward); counts forward calls."""
+
+    def init_hooks(self):
+        self.calls = 0
+        self.comfy_cast_weights = False
+        self.weight_function = []
+        self.bias_function = []
+
+    def hooked(self):
+        self.calls += 1
+        w, b = self.weight, self.bias
+        for f in self.weight_function:
+            w = f(w)
+        for f in self.bias_function:
+            b = f(b)
+        return w, b
+
+
+class CausalConv3d(nn.Conv3d, _Hooks):
     """A Conv3d whose time padding is all in front (``_padding`` in F.pad order, as ComfyUI keeps it)."""
 
     def __init__(self, cin, cout, kernel, stride=1, padding=0):
         super().__init__(cin, cout, kernel, stride=stride, padding=0)
         p = (padding,) * 3 if isinstance(padding, int) else tuple(padding)
         self._padding = (p[2], p[2], p[1], p[1], 2 * p[0], 0)
-        self.calls = 0
-        self.comfy_cast_weights = False
+        self.init_hooks()
 
     def forward(self, x, cache_x=None):
-        self.calls += 1
         pad = list(self._padding)
         if cache_x is not None and pad[4] > 0:
             x = torch.cat([cache_x, x], 2)
             pad[4] -= cache_x.shape[2]
-        return super().forward(F.pad(x, pad))
+        return F.conv3d(F.pad(x, pad), *self.hooked(), self.stride)
 
 
-class Conv2d(nn.Conv2d):
+class Conv2d(nn.Conv2d, _Hooks):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.calls = 0
-        self.comfy_cast_weights = False
+        self.init_hooks()
 
     def forward(self, x):
-        self.calls += 1
-        return super().forward(x)
+        return F.conv2d(x, *self.hooked(), self.stride, self.padding)
 
 
 class RMSNorm(nn.Module):
