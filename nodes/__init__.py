@@ -10,6 +10,7 @@ from .patch import AttentionRecoveryPatch
 from .pruner import LatentInterFramePruner
 from .restore import TokenRestore
 from .sampler import SelfForcingSampler
+from .vae import WanVAEDecode, WanVAEEncode
 
 NODE_CLASS_MAPPINGS = {
     "LIPAR_LatentInterFramePruner": LatentInterFramePruner,
@@ -17,6 +18,8 @@ NODE_CLASS_MAPPINGS = {
     "LIPAR_SelfForcingSampler": SelfForcingSampler,
     "LIPAR_TokenRestore": TokenRestore,
     "LIPAR_SelfForcingCheckpointLoader": SelfForcingCheckpointLoader,
+    "LIPAR_WanVAEEncode": WanVAEEncode,
+    "LIPAR_WanVAEDecode": WanVAEDecode,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -25,6 +28,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LIPAR_SelfForcingSampler": "Self-Forcing Causal Sampler",
     "LIPAR_TokenRestore": "Token Restore",
     "LIPAR_SelfForcingCheckpointLoader": "Load Self-Forcing Checkpoint",
+    "LIPAR_WanVAEEncode": "Wan VAE Encode (fast)",
+    "LIPAR_WanVAEDecode": "Wan VAE Decode (fast)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -145,6 +145,8 @@ API = {
     "LIPAR_TokenRestore": ("Token Restore", ["latent"], [], ("LATENT",), ("latent",)),
     "LIPAR_SelfForcingCheckpointLoader": ("Load Self-Forcing Checkpoint", ["ckpt_name", "weight_dtype"], [],
         ("MODEL",), ("model",)),
+    "LIPAR_WanVAEEncode": ("Wan VAE Encode (fast)", ["pixels", "vae"], [], ("LATENT",), ("latent",)),
+    "LIPAR_WanVAEDecode": ("Wan VAE Decode (fast)", ["samples", "vae"], [], ("IMAGE",), ("image",)),
 }
 
 

@@ -26,6 +26,8 @@ LIPAR_NODES = {
     "LIPAR_SelfForcingSampler": "Self-Forcing Causal Sampler",
     "LIPAR_TokenRestore": "Token Restore",
     "LIPAR_SelfForcingCheckpointLoader": "Load Self-Forcing Checkpoint",
+    "LIPAR_WanVAEEncode": "Wan VAE Encode (fast)",
+    "LIPAR_WanVAEDecode": "Wan VAE Decode (fast)",
 }
 
 

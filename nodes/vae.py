@@ -1,0 +1,194 @@
+"""Wan VAE Encode / Decode (fast): ComfyUI's VAE Encode / VAE Decode, with the Wan2.1 VAE computed by lipar.
+
+Both nodes return exactly what ComfyUI's VAEEncode / VAEDecode return for the same VAE (same cropping, pixel
+scaling, dtype, device and layout: the code below follows ``comfy.sd.VAE.encode`` / ``decode`` step by step)
+but compute the Wan2.1 VAE's ``first_stage_model`` with ``lipar.wan_vae`` (larger time chunks, channels_last,
+no copies of whole chunks, a fused norm kernel). Any other VAE (the tiny lighttaew2_1 / TAEHV, Wan2.2's VAE,
+image VAEs) goes to ComfyUI's own ``vae.encode`` / ``vae.decode`` unchanged; so does a run that runs out of
+memory (ComfyUI's VAE then tiles), with a warning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import host
+from ..lipar.wan_vae import WanVAEConfig, check, decode as wan_decode, encode as wan_encode, working_memory
+from ..lipar.errors import LiparError
+from .common import CATEGORY, latent_samples, log, user_errors
+
+CONFIG = WanVAEConfig()       # the runner's measured defaults (benchmarks/wan_vae.py)
+
+
+def fast_model(vae: Any, what: str) -> torch.nn.Module | None:
+    """The Wan2.1 VAE module lipar can compute, or None (with an INFO line saying why ComfyUI's VAE runs)."""
+    model = getattr(vae, "first_stage_model", None)
+    if model is None or getattr(vae, "latent_dim", 3) != 3:
+        log.info("LIPAR Wan VAE %s: the VAE (%s) is not a video VAE; using ComfyUI's VAE %s.", what,
+                 type(model).__name__, what)
+        return None
+    try:
+        check(model)
+    except LiparError as e:
+        log.info("LIPAR Wan VAE %s: using ComfyUI's VAE %s (%s)", what, what, getattr(e, "reason", e))
+        return None
+    return model
+
+
+def _load(vae: Any, memory: int) -> Any:
+    """ComfyUI's model management for the VAE (as VAE.encode/decode do), or None outside ComfyUI."""
+    mm = host.model_management()
+    if mm is not None and hasattr(mm, "load_models_gpu"):
+        mm.load_models_gpu([vae.patcher], memory_required=memory, force_full_load=getattr(vae, "disable_offload", False))
+    return mm
+
+
+def _batch_number(mm: Any, vae: Any, memory: int) -> int:
+    """Samples per call, as ComfyUI's VAE computes it from free memory."""
+    if mm is None or not hasattr(mm, "get_free_memory"):
+        return 1
+    return max(1, int(mm.get_free_memory(vae.device) / max(1, memory)))
+
+
+def _oom_types(mm: Any) -> tuple[type, ...]:
+    oom = getattr(mm, "OOM_EXCEPTION", None) if mm is not None else None
+    return (oom,) if isinstance(oom, type) else (torch.cuda.OutOfMemoryError,)
+
+
+def _chunk_callback():
+    """Interrupt check and progress after each chunk."""
+    bar: list[host.Progress] = []
+
+    def on_chunk(done: int, total: int) -> None:
+        host.throw_if_interrupted()
+        if not bar:
+            bar.append(host.Progress(total))
+        bar[0].update(done, total)
+    return on_chunk
+
+
+def _release(mm: Any) -> None:
+    if mm is not None and hasattr(mm, "soft_empty_cache"):
+        mm.soft_empty_cache()
+
+
+def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's ``VAE.encode(pixels)`` (IMAGE [N, H, W, C] -> latent [1, 16, T, H/8, W/8] float32 on ComfyUI's
+    intermediate device), with lipar computing a Wan2.1 VAE."""
+    model = fast_model(vae, "encode")
+    if model is None:
+        return vae.encode(pixels)
+    vae.throw_exception_if_invalid()
+    video = vae.vae_encode_crop_pixels(pixels).movedim(-1, 1)       # [N, C, H, W], cropped to multiples of 8
+    if video.ndim < 5:
+        video = video.movedim(1, 0).unsqueeze(0)                       # [1, C, N, H, W]: the frames are time
+    memory = max(int(vae.memory_used_encode(video.shape, vae.vae_dtype)),
+                 working_memory(model, tuple(video.shape), "encode", CONFIG, vae.vae_dtype))
+    mm = _load(vae, memory)
+    step = _batch_number(mm, vae, memory)
+    on_chunk = _chunk_callback()
+    samples, out_of_memory = None, False
+    try:
+        for i in range(0, video.shape[0], step):
+            x = vae.process_input(video[i:i + step]).to(vae.vae_dtype).to(vae.device)
+            with user_errors():
+                out = wan_encode(model, x, CONFIG, on_chunk).to(vae.output_device).float()
+            if samples is None:
+                samples = torch.empty((video.shape[0],) + tuple(out.shape[1:]), device=vae.output_device)
+            samples[i:i + step] = out
+    except _oom_types(mm):
+        out_of_memory = True             # leave the except block first, so the failed run's tensors can be freed
+    if out_of_memory:
+        samples = x = out = None
+        _release(mm)
+        log.warning("LIPAR Wan VAE Encode ran out of GPU memory; encoding with ComfyUI's VAE (it tiles when needed).")
+        return vae.encode(pixels)
+    return samples
+
+
+def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's ``VAE.decode(latent)`` (latent [B, 16, T, h, w] -> images [B, T', H, W, C] float32 in 0..1 on
+    ComfyUI's intermediate device), with lipar computing a Wan2.1 VAE."""
+    model = fast_model(vae, "decode")
+    if model is None:
+        return vae.decode(latent)
+    vae.throw_exception_if_invalid()
+    memory = max(int(vae.memory_used_decode(latent.shape, vae.vae_dtype)),
+                 working_memory(model, tuple(latent.shape), "decode", CONFIG, vae.vae_dtype))
+    mm = _load(vae, memory)
+    step = _batch_number(mm, vae, memory)
+    on_chunk = _chunk_callback()
+    pixels, out_of_memory = None, False
+    try:
+        for i in range(0, latent.shape[0], step):
+            z = latent[i:i + step].to(vae.vae_dtype).to(vae.device)
+            with user_errors():
+                out = vae.process_output(wan_decode(model, z, CONFIG, on_chunk).to(vae.output_device).float())
+            if pixels is None:
+                pixels = torch.empty((latent.shape[0],) + tuple(out.shape[1:]), device=vae.output_device)
+            pixels[i:i + step] = out
+    except _oom_types(mm):
+        out_of_memory = True
+    if out_of_memory:
+        pixels = z = out = None
+        _release(mm)
+        log.warning("LIPAR Wan VAE Decode ran out of GPU memory; decoding with ComfyUI's VAE (it tiles when needed).")
+        return vae.decode(latent)
+    return pixels.to(vae.output_device).movedim(1, -1)
+
+
+class WanVAEEncode:
+    DESCRIPTION = (
+        "VAE Encode for the Wan2.1 VAE, computed faster by LIPAR: the same latent as ComfyUI's VAE Encode (same "
+        "weights, same cropping to multiples of 8, equal up to bf16 rounding), from larger time chunks and fused "
+        "kernels. Other VAEs (the tiny lighttaew2_1, Wan2.2's VAE, image VAEs) are encoded by ComfyUI's own VAE "
+        "Encode, as is a run that would run out of memory.")
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The video's latent, as VAE Encode gives it.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pixels": ("IMAGE", {"tooltip": "The video frames (e.g. from Load Video); cropped to multiples of 8 as VAE "
+                                            "Encode crops them."}),
+            "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors); any other VAE is passed to ComfyUI's "
+                                       "VAE Encode."}),
+        }}
+
+    def encode(self, pixels, vae):
+        return ({"samples": encode_pixels(vae, pixels)},)
+
+
+class WanVAEDecode:
+    DESCRIPTION = (
+        "VAE Decode for the Wan2.1 VAE, computed faster by LIPAR: the same frames as ComfyUI's VAE Decode (same "
+        "weights, equal up to bf16 rounding), from larger time chunks and fused kernels. Other VAEs (the tiny "
+        "lighttaew2_1, Wan2.2's VAE, image VAEs) are decoded by ComfyUI's own VAE Decode, as is a run that would run "
+        "out of memory (ComfyUI then decodes in tiles).")
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The decoded frames, as VAE Decode gives them.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "samples": ("LATENT", {"tooltip": "The latent to decode (e.g. the Self-Forcing Causal Sampler's output)."}),
+            "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors); any other VAE is passed to ComfyUI's "
+                                       "VAE Decode."}),
+        }}
+
+    def decode(self, samples, vae):
+        latent = latent_samples(samples, "samples")
+        if latent.is_nested:
+            latent = latent.unbind()[0]
+        images = decode_latent(vae, latent)
+        if images.ndim == 5:                       # [B, T, H, W, C] -> one batch of frames, as VAE Decode does
+            images = images.reshape(-1, *images.shape[-3:])
+        return (images,)

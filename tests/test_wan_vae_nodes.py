@@ -1,0 +1,173 @@
+"""Wan VAE Encode / Decode (fast), called host-free with a stand-in for ComfyUI's ``comfy.sd.VAE``.
+
+The stand-in restates what ComfyUI's VAE does around its module (crop to multiples of 8, x * 2 - 1, the
+module's encode, float32 on the output device; decode, clamp((x + 1) / 2), channels last) with the
+whole-clip reference as the module's computation. tests/realhost runs the nodes against ComfyUI's real
+VAEEncode / VAEDecode.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from lipar_pack.nodes import NODE_CLASS_MAPPINGS
+from lipar_pack.nodes import vae as vae_nodes
+from tests.wan_vae_models import build_vae, reference_decode, reference_encode
+
+Encode = NODE_CLASS_MAPPINGS["LIPAR_WanVAEEncode"]
+Decode = NODE_CLASS_MAPPINGS["LIPAR_WanVAEDecode"]
+
+
+class FakeVAE:
+    """The parts of comfy.sd.VAE the nodes use, for a Wan2.1 VAE module (ComfyUI's steps, restated)."""
+
+    latent_dim = 3
+    disable_offload = False
+
+    def __init__(self, model):
+        self.first_stage_model = model
+        self.vae_dtype = next(model.parameters()).dtype
+        self.device = self.output_device = torch.device("cpu")
+        self.patcher = object()
+        self.calls = []
+        self.process_input = lambda image: image * 2.0 - 1.0
+        self.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
+        self.memory_used_encode = lambda shape, dtype: 6000 * shape[3] * shape[4] * 4
+        self.memory_used_decode = lambda shape, dtype: 7000 * shape[3] * shape[4] * 64 * 4
+
+    def throw_exception_if_invalid(self):
+        pass
+
+    def vae_encode_crop_pixels(self, pixels):
+        for d in (1, 2):
+            size = pixels.shape[d] // 8 * 8
+            if size != pixels.shape[d]:
+                pixels = pixels.narrow(d, (pixels.shape[d] % 8) // 2, size)
+        return pixels[..., :3]
+
+    def encode(self, pixels):
+        self.calls.append("encode")
+        video = self.process_input(self.vae_encode_crop_pixels(pixels).movedim(-1, 1).movedim(1, 0).unsqueeze(0))
+        return reference_encode(self.first_stage_model, video.to(self.vae_dtype)).float()
+
+    def decode(self, latent):
+        self.calls.append("decode")
+        return self.process_output(reference_decode(self.first_stage_model, latent.to(self.vae_dtype)).float()).movedim(1, -1)
+
+
+@pytest.fixture(scope="module")
+def wan_vae_model():
+    return build_vae(dim=4, seed=5, dtype=torch.float32)
+
+
+def _pixels(frames=13, h=27, w=43, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(frames, h, w, 3, generator=g)
+
+
+def _rel(a, b):
+    assert a.shape == b.shape and a.dtype == b.dtype and a.device == b.device, (a.shape, b.shape, a.dtype, b.dtype)
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_encode_returns_what_vae_encode_returns(wan_vae_model):
+    vae = FakeVAE(wan_vae_model)
+    pixels = _pixels()                                   # 27x43: cropped to 24x40 with offsets (1, 1)
+    (latent,) = Encode().encode(pixels, vae)
+    assert set(latent) == {"samples"} and vae.calls == []
+    want = vae.encode(pixels)
+    assert latent["samples"].shape == (1, 16, 4, 3, 5) and _rel(latent["samples"], want) < 2e-5
+
+
+def test_decode_returns_what_vae_decode_returns(wan_vae_model):
+    vae = FakeVAE(wan_vae_model)
+    z = torch.randn(1, 16, 3, 3, 5, generator=torch.Generator().manual_seed(1)) * 2
+    (images,) = Decode().decode({"samples": z, "batch_index": [0]}, vae)
+    assert vae.calls == []
+    want = vae.decode(z).reshape(-1, 24, 40, 3)         # VAE Decode joins the batch's frames
+    assert images.shape == (9, 24, 40, 3) and _rel(images, want) < 2e-5
+    assert images.min() >= 0 and images.max() <= 1
+
+
+def test_other_vaes_go_to_comfyuis_vae_unchanged(caplog):
+    class Tiny(nn.Module):                              # a TAEHV-like tiny VAE
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Conv2d(3, 16, 3))
+            self.decoder = nn.Sequential(nn.Conv2d(16, 3, 3))
+
+    vae = FakeVAE(Tiny())
+    vae.encode = lambda pixels: torch.full((1, 16, 1, 1, 1), 7.0)
+    vae.decode = lambda latent: torch.full((1, 5, 8, 8, 3), 0.5)
+    with caplog.at_level(logging.INFO, logger="lipar"):
+        (latent,) = Encode().encode(_pixels(5, 16, 16), vae)
+        (images,) = Decode().decode({"samples": torch.zeros(1, 16, 2, 1, 1)}, vae)
+    assert torch.equal(latent["samples"], torch.full((1, 16, 1, 1, 1), 7.0))
+    assert images.shape == (5, 8, 8, 3)
+    assert "using ComfyUI's VAE encode" in caplog.text and "no `conv1`" in caplog.text
+    assert "using ComfyUI's VAE decode" in caplog.text
+
+
+def test_out_of_memory_falls_back_to_comfyuis_vae(wan_vae_model, monkeypatch, caplog):
+    vae = FakeVAE(wan_vae_model)
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(vae_nodes, "wan_encode", oom)
+    monkeypatch.setattr(vae_nodes, "wan_decode", oom)
+    pixels, z = _pixels(5, 16, 24), torch.randn(1, 16, 2, 2, 3)
+    with caplog.at_level(logging.WARNING, logger="lipar"):
+        (latent,) = Encode().encode(pixels, vae)
+        (images,) = Decode().decode({"samples": z}, vae)
+    assert vae.calls == ["encode", "decode"]
+    assert torch.equal(latent["samples"], vae.encode(pixels))
+    assert torch.equal(images, vae.decode(z).reshape(-1, 16, 24, 3))
+    assert caplog.text.count("ran out of GPU memory") == 2
+
+
+def test_comfyui_services_are_used_when_present(wan_vae_model, monkeypatch):
+    calls = {"load": [], "progress": [], "interrupt": 0}
+
+    class ProgressBar:
+        def __init__(self, total):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            calls["progress"].append((value, total))
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt():
+        calls["interrupt"] += 1
+        if calls.get("stop_at") == calls["interrupt"]:
+            raise Interrupted()
+
+    mm = types.ModuleType("comfy.model_management")
+    mm.load_models_gpu = lambda models, memory_required=0, force_full_load=False: calls["load"].append(
+        (models, memory_required, force_full_load))
+    mm.get_free_memory = lambda dev=None: 10 ** 12
+    mm.throw_exception_if_processing_interrupted = interrupt
+    mm.OOM_EXCEPTION = torch.cuda.OutOfMemoryError
+    utils = types.ModuleType("comfy.utils")
+    utils.ProgressBar = ProgressBar
+    comfy = types.ModuleType("comfy")
+    comfy.model_management, comfy.utils = mm, utils
+    for name, mod in (("comfy", comfy), ("comfy.model_management", mm), ("comfy.utils", utils)):
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    vae = FakeVAE(wan_vae_model)
+    z = torch.randn(1, 16, 6, 2, 3)
+    Decode().decode({"samples": z}, vae)
+    ((models, memory, full),) = calls["load"]
+    assert models == [vae.patcher] and memory >= vae.memory_used_decode(z.shape, vae.vae_dtype) and full is False
+    chunks = 1 + -(-5 // vae_nodes.CONFIG.decode_chunk)
+    assert calls["progress"] == [(i, chunks) for i in range(1, chunks + 1)] and calls["interrupt"] == chunks
+    calls["stop_at"] = calls["interrupt"] + 2
+    with pytest.raises(Interrupted):
+        Decode().decode({"samples": z}, vae)
