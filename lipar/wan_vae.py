@@ -35,6 +35,7 @@ All shapes are ``[B, C, T, H, W]``; the runner processes one sample of the batch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -61,13 +62,19 @@ class WanVAEConfig:
 
     encode_chunk: latent frames per encoder call after the first (4x as many video frames).
     decode_chunk: latent frames per decoder call after the first (4x as many output frames).
-    channels_last, buffers, fused_norm: see the module docstring."""
+    channels_last, buffers, fused_norm: see the module docstring.
+    cudnn_benchmark: let cuDNN time its algorithms for each new shape during the call (ComfyUI's
+    ``--fast autotune`` turns this on for everything); the first call of each shape pays for it.
 
-    encode_chunk: int = 2
-    decode_chunk: int = 4
+    Defaults measured on an H200 at 832x480x81 (benchmarks/wan_vae.py): 1 and 2 chunks run within
+    2% of 2 and 4 with about 60% of the memory."""
+
+    encode_chunk: int = 1
+    decode_chunk: int = 2
     channels_last: bool = True
     buffers: bool = True
     fused_norm: bool = True
+    cudnn_benchmark: bool = False
 
     def __post_init__(self):
         for name in ("encode_chunk", "decode_chunk"):
@@ -658,6 +665,17 @@ class _Chain:
         return self.head_conv(lambda out: self.head_norm(held.pop(), True, out), (c, t, h, w))
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    """cuDNN's algorithm timing on for the block when ``on`` (the global flag is restored after)."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = old or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
 def _spans(frames: int, step: int) -> list[tuple[int, int]]:
     """[0, 1) alone, then ``step`` frames per span: the calls' frame ranges."""
     return [(0, 1)] + [(s, min(s + step, frames)) for s in range(1, frames, step)]
@@ -697,16 +715,17 @@ def encode(vae: nn.Module, x: torch.Tensor, config: WanVAEConfig | None = None,
     spans = _spans(frames, TIME_DOWN * config.encode_chunk)
     b, _, _, h, w = x.shape
     out = x.new_empty(b, info.z_dim, 1 + (frames - 1) // TIME_DOWN, h // SPACE_DOWN, w // SPACE_DOWN)
-    for i in range(b):
-        run = _Run(x.device, x.dtype, config)
-        chain, post = _Chain(run, info.encoder), _Conv(run, info.post_encode, out_channels=info.z_dim)
-        done = 0
-        for n, (s, e) in enumerate(spans):
-            mu = post.point(chain(x[i:i + 1, :, s:e]))
-            out[i:i + 1, :, done:done + mu.shape[2]].copy_(mu)
-            done += mu.shape[2]
-            if on_chunk is not None:
-                on_chunk(i * len(spans) + n + 1, b * len(spans))
+    with _cudnn_benchmark(config.cudnn_benchmark):
+        for i in range(b):
+            run = _Run(x.device, x.dtype, config)
+            chain, post = _Chain(run, info.encoder), _Conv(run, info.post_encode, out_channels=info.z_dim)
+            done = 0
+            for n, (s, e) in enumerate(spans):
+                mu = post.point(chain(x[i:i + 1, :, s:e]))
+                out[i:i + 1, :, done:done + mu.shape[2]].copy_(mu)
+                done += mu.shape[2]
+                if on_chunk is not None:
+                    on_chunk(i * len(spans) + n + 1, b * len(spans))
     return out
 
 
@@ -723,34 +742,39 @@ def decode(vae: nn.Module, z: torch.Tensor, config: WanVAEConfig | None = None,
     b, _, t, h, w = z.shape
     spans = _spans(t, config.decode_chunk)
     out = z.new_empty(b, info.image_channels, 1 + TIME_DOWN * (t - 1), h * SPACE_DOWN, w * SPACE_DOWN)
-    for i in range(b):
-        run = _Run(z.device, z.dtype, config)
-        pre, chain = _Conv(run, info.pre_decode), _Chain(run, info.decoder)
-        done = 0
-        for n, (s, e) in enumerate(spans):
-            video = chain(pre.point(z[i:i + 1, :, s:e]))
-            out[i:i + 1, :, done:done + video.shape[2]].copy_(video)
-            done += video.shape[2]
-            if on_chunk is not None:
-                on_chunk(i * len(spans) + n + 1, b * len(spans))
+    with _cudnn_benchmark(config.cudnn_benchmark):
+        for i in range(b):
+            run = _Run(z.device, z.dtype, config)
+            pre, chain = _Conv(run, info.pre_decode), _Chain(run, info.decoder)
+            done = 0
+            for n, (s, e) in enumerate(spans):
+                video = chain(pre.point(z[i:i + 1, :, s:e]))
+                out[i:i + 1, :, done:done + video.shape[2]].copy_(video)
+                done += video.shape[2]
+                if on_chunk is not None:
+                    on_chunk(i * len(spans) + n + 1, b * len(spans))
     return out
 
 
 def working_memory(vae: nn.Module, shape: tuple[int, ...], stage: str, config: WanVAEConfig | None = None,
                    dtype: torch.dtype = torch.bfloat16) -> int:
     """Bytes the runner needs besides the weights for one sample of ``shape`` (the video [B, C, T, H, W] for
-    ``stage`` 'encode', the latent for 'decode'): a few full-resolution activations of one chunk, at the
-    base width (calibrated on the H200, benchmarks/wan_vae.py), plus the output."""
+    ``stage`` 'encode', the latent for 'decode'): full-resolution activations at the base width for the
+    frames of one call plus a few, and the input/output video. Fitted to the peaks measured on an H200
+    (832x480x81, benchmarks/wan_vae.py: encode 3.1-9.5 GiB, decode 6.5-42.5 GiB for 1-20 latent frames
+    per call); the layouts without channels_last need about 1.5x."""
     info = check(vae)
     config = config or WanVAEConfig()
     item = torch.empty((), dtype=dtype).element_size()
+    layout = 1.0 if config.channels_last or not config.buffers else 1.5
     if stage == "encode":
         _, c, t, h, w = shape
         frames = min(t, TIME_DOWN * config.encode_chunk) + 2
-        return int(6 * info.dim * frames * h * w * item + c * t * h * w * item)
+        return int(layout * 6 * info.dim * frames * h * w * item + c * t * h * w * item)
     if stage == "decode":
         _, _, t, h, w = shape
         h, w = h * SPACE_DOWN, w * SPACE_DOWN
-        frames = TIME_DOWN * min(t, config.decode_chunk) + 2
-        return int(6 * info.dim * frames * h * w * item + info.image_channels * (1 + TIME_DOWN * (t - 1)) * h * w * item)
+        frames = TIME_DOWN * min(t, config.decode_chunk) + 5
+        video = info.image_channels * (1 + TIME_DOWN * (t - 1)) * h * w * item
+        return int(layout * 7 * info.dim * frames * h * w * item + video)
     raise LiparError(f"working_memory: stage must be 'encode' or 'decode'; got {stage!r}.")

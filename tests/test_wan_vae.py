@@ -280,3 +280,11 @@ def test_cuda_bf16_runner_matches_float64_reference_like_the_loop():
         assert err(wan_vae.decode(vae16, z.cuda().bfloat16(), cfg), ref_z) < 1.5 * base_z, cfg
     for cfg in (dataclasses.replace(WanVAEConfig(), channels_last=False), WanVAEConfig()):
         assert wan_vae._Run(torch.device("cuda"), torch.bfloat16, cfg).fused
+
+
+def test_cudnn_benchmark_switch_restores_the_global_flag(vae):
+    before = torch.backends.cudnn.benchmark
+    z = _latent(2, 2, 3)
+    out = wan_vae.decode(vae, z, WanVAEConfig(cudnn_benchmark=True))
+    assert torch.backends.cudnn.benchmark == before
+    assert _rel(out, reference_decode(vae, z)) < F64_TOL
