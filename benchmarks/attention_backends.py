@@ -30,6 +30,9 @@ PLAIN_SHAPES = [(4680, 32760), (3100, 21718), (4680, 4680), (4680, 18720)]
 SPLIT_SHAPES = [(2807, 6355, 1132, 4), (2797, 7927, 2357, 4), (2841, 9638, 3487, 4), (2678, 11046, 4757, 4),
                 (3071, 12997, 5877, 4), (2844, 14546, 7172, 3)]
 LAYERS = 30
+# lipar.flash_bias configs (BLOCK_M, BLOCK_N, num_warps, num_stages) tried with --sweep on the biased part
+SWEEP = [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4),
+         (64, 128, 4, 3), (128, 64, 4, 3)]
 
 
 def bench(fn, iters: int = 20) -> float:
@@ -61,9 +64,28 @@ def strategies(version: str | None):
     return out
 
 
+def sweep() -> dict:
+    """Seconds of the bias kernel over the 33.8% run's biased keys (continuing a cuDNN result), per config."""
+    from lipar.attention import cudnn_lse
+    from lipar.flash_bias import attention_key_bias, to_log2
+
+    totals = {}
+    for cfg in SWEEP:
+        total = 0.0
+        for lq, lp, lb, passes in SPLIT_SHAPES:
+            q, k, v = rand(1, lq, H, D), rand(1, lb, H, D), rand(1, lb, H, D)
+            prev = cudnn_lse(q, rand(1, lp, H, D), rand(1, lp, H, D))
+            b2 = to_log2(torch.log1p(torch.randint(0, 6, (lb,), device="cuda").float()))
+            total += bench(lambda: attention_key_bias(q, k, v, b2, prev=prev, config=cfg)) * passes * LAYERS / 1000
+        totals[str(cfg)] = total
+        print(f"bias kernel {cfg}: {total:.4f} s over the run", file=sys.stderr)
+    return totals
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/attention_backends.json")
+    ap.add_argument("--sweep", action="store_true", help="also time lipar.flash_bias configs on the biased keys")
     a = ap.parse_args()
     torch.manual_seed(0)
     version = flash_attn_version(torch.device("cuda"))
@@ -113,7 +135,8 @@ def main() -> int:
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
            "flash_attn": version, "command": " ".join(sys.argv), "heads": H, "head_dim": D,
            "plain": plain_rows, "split": split_rows, "split_run_seconds": totals, "relative_error": errors,
-           "compile_seconds": {n: s.compile_seconds for n, s in strat.items()}}
+           "compile_seconds": {n: s.compile_seconds for n, s in strat.items()},
+           "bias_kernel_sweep_seconds": sweep() if a.sweep else None}
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -144,7 +144,7 @@ def _bench_options(a: argparse.Namespace) -> BenchOptions:
                         steps=a.steps, mode=a.mode, clip=a.clip, model=a.model, dtype=a.dtype, compare=a.compare,
                         forms=a.forms, threshold=a.threshold, anchor_threshold=a.anchor_threshold,
                         target_prune=a.target_prune, repeat=a.repeat, seed=a.seed, backend=a.backend,
-                        graphs=a.graphs, modes=a.modes, window_frames=a.window_frames,
+                        graphs=a.graphs, fp8=a.fp8, modes=a.modes, window_frames=a.window_frames,
                         sink_frames=a.sink_frames)
 
 
@@ -237,6 +237,9 @@ def _add_bench(sub) -> None:
                         "SDPA on the CPU)")
     b.add_argument("--graphs", default="auto", choices=list(GRAPHS), help="replay passes as CUDA graphs "
                                                                           "(auto: on for CUDA)")
+    b.add_argument("--fp8", default="auto", choices=["auto", "on", "off"],
+                   help="linear layers as fp8 products (auto: when the model's weights are fp8; on: also for "
+                        "bf16 weights; needs fp8 tensor cores)")
     b.add_argument("--window-frames", type=int, default=21, help="KV cache / attention window in latent frames "
                    "(Self-Forcing's local_attn_size; 0: no limit): videos longer than it roll the cache")
     b.add_argument("--sink-frames", type=int, default=3, help="first latent frames kept for the whole video once "

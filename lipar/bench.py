@@ -36,7 +36,7 @@ from .model import build_model
 from .plan import PlanConfig, PruningPlan, build_plan, restrict_to_window
 from .recovery import RECOVERY_FORMS, RECOVERY_MODES
 from .restore import restore_latent
-from .sampler import PassInfo, SamplerConfig, default_dtype, sample
+from .sampler import FP8_MODES, PassInfo, SamplerConfig, default_dtype, sample
 from .schedule import parse_steps
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -75,6 +75,7 @@ class BenchOptions:
     seed: int = 0
     backend: str = "auto"
     graphs: str = "auto"       # auto | on | off
+    fp8: str = "auto"          # fp8 linear layers: auto | on | off (lipar.sampler.FP8_MODES)
     modes: str | None = None
     window_frames: int = 21    # KV window in latent frames (0: no limit); the sampler's default
     sink_frames: int = 3
@@ -91,6 +92,7 @@ class BenchOptions:
         _check_choice("--dtype", self.dtype, [None, *DTYPES])
         _check_choice("--backend", self.backend, list(BACKENDS))
         _check_choice("--graphs", self.graphs, list(GRAPHS))
+        _check_choice("--fp8", self.fp8, list(FP8_MODES))
         check_seed(self.seed)
         _check_repeat(self.repeat)
         _check_model_path(self.model)
@@ -187,7 +189,7 @@ def _sampler_config(o: BenchOptions, device: torch.device, dtype: torch.dtype) -
     check_backend(o.backend, device)
     steps = parse_steps(o.steps) if o.steps is not None else None
     return SamplerConfig(mode=o.mode, steps=steps, seed=o.seed, backend=o.backend, dtype=dtype,
-                         cuda_graphs=graphs, window_frames=o.window_frames,
+                         cuda_graphs=graphs, fp8=o.fp8, window_frames=o.window_frames,
                          sink_frames=o.sink_frames).validate()
 
 
@@ -593,6 +595,7 @@ def run_bench(o: BenchOptions | BenchSetup, progress: BenchProgress | None = Non
         "attention_backend": base_res.info["backend"],
         "attention": base_res.info["attention"],
         "attention_compile_seconds": base_res.info["attention_compile_seconds"],
+        "fp8": base_res.info["fp8"],
         "cuda_graphs": base_res.info["cuda_graphs"],
         "cold_seconds": round(cold.seconds, 5),
         "capture_seconds": cold.info["capture_seconds"],

@@ -23,6 +23,7 @@ from torch import nn
 from .attention import Attention, choose_attention
 from .config import WanConfig, infer_config
 from .errors import LiparError
+from .fp8 import Fp8Linears
 from .recovery import ChunkLayout, build_layouts, fill_keys, move_visible
 from .rope import apply_rope
 
@@ -108,10 +109,11 @@ class CausalWan:
     dtype: compute dtype of activations and the KV cache.
     backend: the user's attention option (``lipar.attention.BACKENDS``), or ``attention``: a strategy
     object (tests and benchmarks pass one to compare kernels); either way it is prepared once here.
+    fp8: "off", or the ``lipar.fp8`` policy ("ffn" or "all") whose linear layers run as fp8 products.
     """
 
     def __init__(self, module: nn.Module, *, device: torch.device | str, dtype: torch.dtype,
-                 backend: str = "auto", attention: Attention | None = None):
+                 backend: str = "auto", attention: Attention | None = None, fp8: str = "off"):
         self.cfg = check_wan_module(module)
         self.module = module
         self.device = torch.device(device)
@@ -120,6 +122,7 @@ class CausalWan:
         self.attn = (attention or choose_attention(self.device, backend)).prepare(
             dtype, self.cfg.num_heads, self.cfg.head_dim)
         self._dup_scratch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.fp8 = None if fp8 == "off" else self._fp8_linears(fp8)
         self.text_k: torch.Tensor | None = None   # [layers, B, Ltext, H, D]
         self.text_v: torch.Tensor | None = None
         self.cache_k: torch.Tensor | None = None  # [layers, B, capacity, H, D]
@@ -128,6 +131,13 @@ class CausalWan:
         self._head_mod = module.head.modulation
 
     # ---- per-run setup -----------------------------------------------------------
+    def _fp8_linears(self, which: str) -> Fp8Linears:
+        """The run's fp8 weights (``GraphedCausalWan`` keeps them with its graphs)."""
+        return Fp8Linears(self.module, dtype=self.dtype, device=self.device, which=which)
+
+    def _linear(self, lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return lin(x) if self.fp8 is None else self.fp8.linear(lin, x)
+
     def encode_text(self, context: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Cross-attention keys/values of the text, once per run.
 
@@ -235,9 +245,10 @@ class CausalWan:
         sa = blk.self_attn
         y = modulated_norm(blk.norm1, x, mod[0], mod[1])
         qo, ko, vo = out if out is not None else (None, None, None)
-        q = apply_rope(sa.norm_q(sa.q(y)).view(b, n, h, hd), rope, out=qo)
-        k = apply_rope(sa.norm_k(sa.k(y)).view(b, n, h, hd), rope, out=ko)
-        v = sa.v(y).view(b, n, h, hd)
+        q, k, v = (self.fp8.linears([sa.q, sa.k, sa.v], y) if self.fp8 is not None else (sa.q(y), sa.k(y), sa.v(y)))
+        q = apply_rope(sa.norm_q(q).view(b, n, h, hd), rope, out=qo)
+        k = apply_rope(sa.norm_k(k).view(b, n, h, hd), rope, out=ko)
+        v = v.view(b, n, h, hd)
         return q, k, (v if vo is None else vo.copy_(v))
 
     def self_attention(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: ChunkLayout) -> torch.Tensor:
@@ -251,12 +262,13 @@ class CausalWan:
         b, n, _ = x.shape
         blk = self.module.blocks[i]
         mod = (self._mods[i].to(self.device, self.dtype).unsqueeze(0) + e0).unbind(2)
-        x = torch.addcmul(x, blk.self_attn.o(a.flatten(2)), mod[2])
+        x = torch.addcmul(x, self._linear(blk.self_attn.o, a.flatten(2)), mod[2])
         ca = blk.cross_attn
-        qc = ca.norm_q(ca.q(blk.norm3(x))).view(b, n, cfg.num_heads, cfg.head_dim)
-        x = x + ca.o(self.attn.cross(qc, self.text_k[i], self.text_v[i]).flatten(2))
+        qc = ca.norm_q(self._linear(ca.q, blk.norm3(x))).view(b, n, cfg.num_heads, cfg.head_dim)
+        x = x + self._linear(ca.o, self.attn.cross(qc, self.text_k[i], self.text_v[i]).flatten(2))
         y = modulated_norm(blk.norm2, x, mod[3], mod[4])
-        return torch.addcmul(x, feed_forward(blk.ffn, y), mod[5])
+        ffn = feed_forward(blk.ffn, y) if self.fp8 is None else self.fp8.ffn(blk.ffn, y, fallback=feed_forward)
+        return torch.addcmul(x, ffn, mod[5])
 
     def head(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """Output head: [B, N, dim] -> [B, N, 4 * out_dim]."""

@@ -83,6 +83,7 @@ class _ModelGraphs:
         self.text: tuple[torch.Tensor, torch.Tensor] | None = None
         self.sets: dict[int, _GraphSet] = {}
         self.buffers: dict[str, torch.Tensor] = {}
+        self.fp8 = None            # lipar.fp8.Fp8Linears whose weight tensors the graphs read
         self.pool = torch.cuda.graph_pool_handle()
 
     @property
@@ -158,16 +159,23 @@ class GraphedCausalWan(CausalWan):
 
     MAX_SETS = 6   # graph sets kept per model (least recently used go first)
 
-    def __init__(self, *args, granularity: int = 8, **kw):
+    def __init__(self, *args, granularity: int = 8, fp8: str = "off", **kw):
         super().__init__(*args, **kw)
         if self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        sig = _signature(self)
+        sig = _signature(self) + (fp8,)
         entry = _CACHE.get(self.module)
         if entry is None or entry.signature != sig:
             entry = _ModelGraphs(sig)
             _CACHE[self.module] = entry
         self.entry = entry
+        if fp8 != "off":      # the graphs read the fp8 weights: keep them with the graphs, refreshed in place
+            if entry.fp8 is None or not entry.fp8.current():
+                entry.sets.clear()
+                entry.fp8 = self._fp8_linears(fp8)
+            else:
+                entry.fp8.refresh()
+            self.fp8 = entry.fp8
         self.granularity = granularity
         self.bucket_of: dict[int, int] = {}
         self.capture_seconds = 0.0

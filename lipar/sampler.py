@@ -32,6 +32,7 @@ from .schedule import EDITING_STEPS, GENERATION_STEPS, check_shift, parse_steps,
 from .validate import check_latent
 
 MODES = ("edit", "generate")
+FP8_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class SamplerConfig:
     recovery_form: str = "compressed"      # compressed (log-multiplicity) | exact (materialised duplicates)
     backend: str = "auto"                  # attention: auto | sdpa | cudnn | flash_attn (lipar.attention.BACKENDS)
     dtype: torch.dtype | None = None       # compute dtype; None: bfloat16 on CUDA, float32 elsewhere
+    fp8: str = "auto"                      # fp8 linear layers: auto (when the model's weights are fp8) | on | off
     cuda_graphs: bool | None = None        # replay passes as CUDA graphs; None: on for CUDA devices
     window_frames: int = 21                # KV cache / attention window in latent frames (0: no limit)
     sink_frames: int = 3                   # first frames kept for the whole video once the window rolls
@@ -66,6 +68,8 @@ class SamplerConfig:
         if not (1 <= self.chunk_frames <= 64):
             raise LiparError(f"chunk_frames must be within [1, 64]; got {self.chunk_frames}. Self-Forcing uses 3.")
         check_recovery(self.recovery, self.recovery_form)
+        if self.fp8 not in FP8_MODES:
+            raise LiparError(f"Unknown fp8 setting {self.fp8!r}; choose one of {list(FP8_MODES)}.")
         if self.backend not in BACKENDS:
             raise LiparError(f"Unknown attention backend {self.backend!r}; choose one of {list(BACKENDS)}.")
         self.window.validate(self.chunk_frames)
@@ -132,6 +136,33 @@ def _graphs_decision(asked: bool | None, module: nn.Module, device: torch.device
     return True, "CUDA graphs"
 
 
+def _fp8_policy(asked: str, module: nn.Module, device: torch.device, dtype: torch.dtype, graphs: bool) -> str:
+    """Which linear layers run as fp8 products: "off", "all" (under CUDA graphs: every block linear
+    gains there) or "ffn" (eager: only the FFN's two matrices outweigh an fp8 call's launch cost).
+    ``asked`` "auto": on where the model's block weights are already fp8 (ComfyUI's fp8 weight
+    dtypes, scaled-fp8 checkpoints) and the GPU has fp8 tensor cores; "on": also for bf16/fp16
+    weights (quantised per output channel, once per run)."""
+    if asked == "off" or dtype not in (torch.bfloat16, torch.float16):
+        if asked == "on":
+            raise LiparError(f"fp8 compute needs a bf16 or fp16 compute dtype; this run computes in {dtype}.")
+        return "off"
+    from .fp8 import fp8_supported
+
+    if not fp8_supported(device):
+        if asked == "on":
+            raise LiparError(f"fp8 compute needs a CUDA GPU with fp8 tensor cores (Ada, Hopper or newer); this run is "
+                             f"on {device}. Set fp8 to 'auto' or 'off'.")
+        return "off"
+    if asked == "auto" and not any(_is_fp8(p) for p in module.blocks.parameters()):
+        return "off"
+    return "all" if graphs else "ffn"
+
+
+def _is_fp8(t: torch.Tensor) -> bool:
+    data = getattr(t, "_qdata", t)       # ComfyUI's QuantizedTensor keeps its fp8 data in _qdata
+    return isinstance(data, torch.Tensor) and data.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
 def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
            plan: PruningPlan | None = None, config: SamplerConfig | None = None,
            device: torch.device | str | None = None,
@@ -165,11 +196,13 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
         plan, window_kept = restrict_to_window(plan, config.window)
     use_graphs, graphs_note = _graphs_decision(config.cuda_graphs, module, device)
     check_backend(config.backend, device)
+    fp8 = _fp8_policy(config.fp8, module, device, dtype, use_graphs)
     if use_graphs:
         from .graphs import GraphedCausalWan
-        runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention)
+        runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention,
+                                  fp8=fp8)
     else:
-        runner = CausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention)
+        runner = CausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention, fp8=fp8)
     if runner.cfg.in_dim != c:
         raise LiparError(f"The latent has {c} channels but the model takes {runner.cfg.in_dim}.")
 
@@ -214,6 +247,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     tokens_full = b * sum(n * hw * (len(steps) + (i < cache_passes)) for i, (_, n) in enumerate(spans))
     info = {"steps": list(steps), "sigmas": sig, "chunks": len(spans), "dtype": str(dtype).replace("torch.", ""),
             "backend": config.backend, **runner.attn.describe(),
+            "fp8": fp8, "fp8_linears": len(runner.fp8) if runner.fp8 is not None else 0,
             "recovery": config.recovery if plan is not None else "unpruned",
             "recovery_form": config.recovery_form, "cuda_graphs": use_graphs, "path": graphs_note,
             "kernels": "triton" if _triton_available() and device.type == "cuda" else "pytorch",

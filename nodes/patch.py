@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from ..lipar.attention import BACKENDS
 from ..lipar.recovery import RECOVERY_FORMS, RECOVERY_MODES, check_recovery
-from ..lipar.sampler import SamplerConfig
+from ..lipar.sampler import FP8_MODES, SamplerConfig
 from .common import CATEGORY, diffusion_model, user_errors
 
 _DEFAULTS = SamplerConfig()
 # What the sampler uses when no patch is connected: the library's default recovery, so a
 # forgotten (or bypassed) patch never silently gives the naive-pruning ablation.
 DEFAULT_OPTIONS = {"recovery": _DEFAULTS.recovery, "recovery_form": _DEFAULTS.recovery_form,
-                   "attention_backend": _DEFAULTS.backend}
+                   "attention_backend": _DEFAULTS.backend, "fp8_compute": _DEFAULTS.fp8}
 
 
 class AttentionRecoveryPatch:
@@ -44,19 +44,28 @@ class AttentionRecoveryPatch:
                     "CUDA, PyTorch SDPA elsewhere), sdpa, cudnn (CUDA only), flash_attn (FlashAttention-4 or "
                     "flash-attn 2.x, whichever is installed)."}),
             },
+            "optional": {
+                "fp8_compute": (list(FP8_MODES), {"default": _DEFAULTS.fp8, "advanced": True, "tooltip":
+                    "Linear layers as fp8 matrix products (GPUs with fp8 tensor cores: Ada, Hopper or newer). auto "
+                    "(default): when the model's weights are fp8 (weight_dtype fp8_e4m3fn / _fast, scaled-fp8 "
+                    "files). on: also for bf16/fp16 weights (quantised per output channel each run; faster, "
+                    "slightly less exact). off: never."}),
+            },
         }
 
-    def patch(self, model, recovery, recovery_form, attention_backend):
+    def patch(self, model, recovery, recovery_form, attention_backend, fp8_compute=_DEFAULTS.fp8):
         diffusion_model(model)   # clear error for a non-Wan model, before anything else
         with user_errors():
             check_recovery(recovery, recovery_form)
         if attention_backend not in BACKENDS:
             raise ValueError(f"Unknown attention backend {attention_backend!r}; choose one of {list(BACKENDS)}.")
+        if fp8_compute not in FP8_MODES:
+            raise ValueError(f"Unknown fp8_compute {fp8_compute!r}; choose one of {list(FP8_MODES)}.")
         m = model.clone()
         options = dict(getattr(m, "model_options", None) or {})
         transformer_options = dict(options.get("transformer_options") or {})
         transformer_options["lipar"] = {"recovery": recovery, "recovery_form": recovery_form,
-                                        "attention_backend": attention_backend}
+                                        "attention_backend": attention_backend, "fp8_compute": fp8_compute}
         options["transformer_options"] = transformer_options
         m.model_options = options
         return (m,)

@@ -143,7 +143,7 @@ class SelfForcingSampler:
             config = SamplerConfig(
                 mode=mode, steps=parse_steps(steps_text) if steps_text else None, shift=float(shift),
                 chunk_frames=int(chunk_frames), seed=int(seed), recovery=options["recovery"],
-                recovery_form=options["recovery_form"], backend=options["attention_backend"],
+                recovery_form=options["recovery_form"], backend=options["attention_backend"], fp8=options["fp8_compute"],
                 dtype=compute_dtype(model, module), window_frames=int(window_frames),
                 sink_frames=int(sink_frames)).validate()
             check_latent(samples, what="latent")
@@ -203,6 +203,7 @@ class SelfForcingSampler:
             "path": ri.get("path"),
             "kernels": ri.get("kernels"),
             "attention": ri.get("attention"),
+            "fp8": ri.get("fp8"),
             "graphs_kept": bool(ri.get("cuda_graphs")) and graphs_kept,
             "window_frames": ri.get("window_frames"),
             "sink_frames": ri.get("sink_frames"),

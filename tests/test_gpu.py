@@ -309,3 +309,33 @@ def test_graphs_under_comfyui_allocator_cuda_malloc_async():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_fp8_compute_close_to_bf16_and_graphs_equal_eager(pruned):
+    """fp8 linears ('on': bf16 weights quantised per output channel) stay close to the bf16 run
+    (relative to the float64 reference, within a few times bf16's own error), eagerly ('ffn') and
+    under CUDA graphs ('all'); a second graph run reuses graphs and fp8 weights (refreshed in
+    place) and repeats the first exactly."""
+    from lipar.fp8 import fp8_supported
+
+    if not fp8_supported(torch.device("cuda")):
+        pytest.skip("no fp8 tensor cores")
+    clip = make_clip(ClipSpec(latent_frames=9, height=32, width=48, objects=2, object_size=0.3))
+    ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(1))
+    model = lipar.build_model(lipar.TINY, seed=4, dtype=torch.bfloat16, device="cuda")
+    plan = lipar.build_plan(clip.cuda()) if pruned else None
+    run = lambda **kw: lipar.sample(model, ctx.cuda(), clip.cuda(), plan=plan,   # noqa: E731
+                                    config=lipar.SamplerConfig(seed=2, **kw))
+    bf16, eager8, graph8 = run(fp8="off"), run(fp8="on", cuda_graphs=False), run(fp8="on", cuda_graphs=True)
+    assert eager8.info["fp8"] == "ffn" and graph8.info["fp8"] == "all" and graph8.info["fp8_linears"] > 0
+    assert torch.isfinite(graph8.latent).all()
+    assert _rel(graph8.latent, bf16.latent) < 0.1, _rel(graph8.latent, bf16.latent)
+    assert _rel(graph8.latent, bf16.latent) > 1e-4          # fp8 really ran
+    m64 = lipar.build_model(lipar.TINY, seed=4, dtype=torch.float64)
+    ref = lipar.sample(m64, ctx.double(), clip.double(), plan=None if plan is None else plan.to("cpu"),
+                       config=lipar.SamplerConfig(seed=2, dtype=torch.float64)).latent
+    assert _rel(eager8.latent, ref) < 5 * _rel(bf16.latent, ref) + 0.02
+    # a second graph run reuses the graphs and the fp8 weights, refreshed in place
+    again = run(fp8="on", cuda_graphs=True)
+    assert torch.equal(again.latent, graph8.latent)

@@ -139,7 +139,7 @@ API = {
         "chunk_frames", "trim_outliers", "smooth", "open_pruned", "dilate_kept"], ["images"],
         ("LATENT", "IMAGE"), ("latent", "mask_preview")),
     "LIPAR_AttentionRecoveryPatch": ("Attention Recovery Patch", ["model", "recovery", "recovery_form",
-        "attention_backend"], [], ("MODEL",), ("model",)),
+        "attention_backend"], ["fp8_compute"], ("MODEL",), ("model",)),
     "LIPAR_SelfForcingSampler": ("Self-Forcing Causal Sampler", ["model", "positive", "latent", "seed", "steps",
         "shift", "chunk_frames", "mode"], ["window_frames", "sink_frames"], ("LATENT",), ("latent",)),
     "LIPAR_TokenRestore": ("Token Restore", ["latent"], [], ("LATENT",), ("latent",)),
@@ -352,7 +352,7 @@ def test_patch_clones_and_leaves_the_input_alone(wan, patcher_cls):
     (m,) = Patch().patch(model, "m_degree", "compressed", "sdpa")
     assert m is not model
     assert m.model_options["transformer_options"]["lipar"] == {"recovery": "m_degree", "recovery_form": "compressed",
-                                                               "attention_backend": "sdpa"}
+                                                               "attention_backend": "sdpa", "fp8_compute": "auto"}
     assert m.model_options["transformer_options"]["patches"] == {"x": [1]} and m.model_options["other"] == 1
     assert model.model_options is original and original == snapshot
     assert m.model.diffusion_model is wan   # weights shared, not copied

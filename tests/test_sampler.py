@@ -95,6 +95,8 @@ def test_on_pass_reports_progress_and_can_cancel(model, clip):
     (dict(steps=(400, 500)), "decreasing"), (dict(steps=(0,)), r"\(0, 1000\]"), (dict(mode="x"), "edit"),
     (dict(recovery="fast"), "recovery mode"), (dict(recovery_form="x"), "recovery form"),
     (dict(shift=0), "shift"), (dict(backend="xformers"), "backend"), (dict(backend="cudnn"), "needs a CUDA device"),
+    (dict(fp8="fast"), "fp8 setting"), (dict(fp8="on"), "fp8 compute needs a bf16"),
+    (dict(fp8="on", dtype=torch.bfloat16), "fp8 tensor cores"),
 ])
 def test_bad_config(model, clip, kw, msg):
     with pytest.raises(lipar.LiparError, match=msg):
@@ -156,3 +158,10 @@ def test_fully_pruned_chunks_run_no_transformer_pass(model, mode, form):
     base = lipar.sample(model, CTX, still, config=lipar.SamplerConfig(seed=1)).latent
     assert torch.allclose(out.latent[:, :, :3], base[:, :, :3], atol=1e-5)
     assert torch.isfinite(out.latent).all() and (out.latent[:, :, 3:] == 0).all()
+
+
+def test_fp8_auto_is_off_without_fp8_weights_or_fp8_tensor_cores(model, clip):
+    """fp8 'auto' (the default) changes nothing for a bf16/fp32 model or off CUDA: same latent as 'off'."""
+    runs = [lipar.sample(model, CTX, clip, config=lipar.SamplerConfig(seed=3, fp8=f)) for f in ("auto", "off")]
+    assert runs[0].info["fp8"] == "off" and runs[0].info["fp8_linears"] == 0
+    assert torch.equal(runs[0].latent, runs[1].latent)
