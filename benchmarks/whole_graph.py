@@ -80,7 +80,8 @@ ROOT = os.path.dirname(HERE)
 HARNESS = os.path.join(ROOT, "tests", "realhost_gpu")
 
 STAGES = ("vae_encode", "prune", "sample", "restore", "vae_decode")
-VAE_PAIRS = (("wan", "wan"), ("tiny", "tiny"), ("tiny", "wan"), ("wan", "tiny"))
+# "wanfast": the Wan2.1 VAE through the pack's Wan VAE Encode/Decode (fast) nodes (lipar.wan_vae)
+VAE_PAIRS = (("wan", "wan"), ("wanfast", "wanfast"), ("tiny", "tiny"), ("tiny", "wan"), ("wan", "tiny"))
 PRUNE_TARGETS = (None, 0.338, 0.5)
 STEPS = "400,350,250"
 SHIFT = 5.0
@@ -371,6 +372,7 @@ class Bench:
                                                    o["attention_backend"])[0]
         self.models["wan"] = C.nodes.VAELoader().load_vae(FILES["wan_vae"])[0]
         self.models["tiny"] = C.nodes.VAELoader().load_vae(FILES["tiny_vae"])[0]
+        self.models["wanfast"] = self.models["wan"]
         info = {"seconds": round(time.perf_counter() - t0, 2),
                 "dit": f"{type(self.models['dit'].model).__name__}/"
                        f"{type(self.models['dit'].model.diffusion_model).__name__}",
@@ -462,11 +464,20 @@ class Bench:
         self.thresholds[key] = fitted
         return fitted
 
+    def vae_encode(self, kind: str, vae, video):
+        node = self.C.vae_encode() if kind == "wanfast" else self.C.nodes.VAEEncode()
+        return node.encode(video, vae)[0] if kind == "wanfast" else node.encode(vae, video)[0]
+
+    def vae_decode(self, kind: str, vae, latent):
+        if kind == "wanfast":
+            return self.C.vae_decode().decode(latent, vae)[0]
+        return self.C.nodes.VAEDecode().decode(vae, latent)[0]
+
     def lipar_run(self, spec: dict, video, cond, warm: bool) -> tuple[dict, dict]:
         C, times = self.C, {s: None for s in STAGES}
         enc, dec = self.models[spec["vae_encode"]], self.models[spec["vae_decode"]]
         target = spec["target_prune"]
-        latent = self.timed(times, "vae_encode", lambda: C.nodes.VAEEncode().encode(enc, video)[0])
+        latent = self.timed(times, "vae_encode", lambda: self.vae_encode(spec["vae_encode"], enc, video))
         extra = {}
         model = self.models["dit"]
         if target is not None:
@@ -489,11 +500,11 @@ class Bench:
         extra["sampler_info"] = {k: v for k, v in res["ui"]["lipar_sampler"][0].items() if k != "kernels"}
         if target is not None:
             out = self.timed(times, "restore", lambda: C.restore().restore(out)[0])
-        images = self.timed(times, "vae_decode", lambda: C.nodes.VAEDecode().decode(dec, out)[0])
+        images = self.timed(times, "vae_decode", lambda: self.vae_decode(spec["vae_decode"], dec, out))
         extra["images_shape"] = list(images.shape)
         self.kept["raw", spec["vae_encode"]] = latent
         self.kept["sampler_in", spec["vae_encode"], target] = sampler_in
-        if spec["vae_decode"] == "wan" or "images" not in self.kept:
+        if spec["vae_decode"] in ("wan", "wanfast") or "images" not in self.kept:
             self.kept["images"] = images
         return times, extra
 
@@ -501,7 +512,7 @@ class Bench:
         C, times = self.C, {s: None for s in STAGES}
         nar, ncs = self.core["nar"], self.core["ncs"]
         enc, dec = self.models[spec["vae_encode"]], self.models[spec["vae_decode"]]
-        latent = self.timed(times, "vae_encode", lambda: C.nodes.VAEEncode().encode(enc, video)[0])
+        latent = self.timed(times, "vae_encode", lambda: self.vae_encode(spec["vae_encode"], enc, video))
 
         def sample():
             noise = ncs.RandomNoise.execute(SEED)[0]
@@ -511,7 +522,7 @@ class Bench:
             return ncs.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent)[0]
 
         out = self.timed(times, "sample", sample)
-        images = self.timed(times, "vae_decode", lambda: C.nodes.VAEDecode().decode(dec, out)[0])
+        images = self.timed(times, "vae_decode", lambda: self.vae_decode(spec["vae_decode"], dec, out))
         return times, {"prune_ratio": 0.0, "images_shape": list(images.shape),
                        "output_finite": bool(self.torch.isfinite(out["samples"]).all())}
 
@@ -797,7 +808,7 @@ def parse_args(argv=None):
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--repeat", type=int, default=3, help="measured runs per graph after one warm-up (median)")
     ap.add_argument("--only", default="", help="comma-separated graph names or patterns, e.g. 'lipar-wan-wan-*,"
-                    "core_ar-*' (default: all 14)")
+                    "core_ar-*' (default: all)")
     ap.add_argument("--extras", default="previews,pruner_images,text_encode,video_io",
                     help="what is measured separately, comma-separated, or 'none'")
     ap.add_argument("--comfyui", default=os.environ.get("LIPAR_COMFYUI") or os.path.join(ROOT, ".gpu", "comfyui"))

@@ -32,10 +32,16 @@ PACK_LINK = "comfyui-lipar"
 
 # ---- import-system helpers ------------------------------------------------------------------------
 
+_PACK_ROOT: list[str] = []   # the package name ComfyUI's loader gave the pack (its path, dots replaced)
+
+
 def pack_lipar(sub: str | None = None):
     """The pack's own ``lipar`` (or ``lipar.<sub>``), as its nodes import it relatively: the package
-    ``<PACK_LINK>.lipar`` that ComfyUI's loader created (no top-level ``lipar`` exists in the process)."""
-    return importlib.import_module(f"{PACK_LINK}.lipar" + (f".{sub}" if sub else ""))
+    ``<pack>.lipar`` that ComfyUI's loader created (no top-level ``lipar`` exists in the process).
+    Available once ``setup_comfy`` has loaded the pack."""
+    if not _PACK_ROOT:
+        raise RuntimeError("pack_lipar() before setup_comfy() loaded the pack")
+    return importlib.import_module(f"{_PACK_ROOT[0]}.lipar" + (f".{sub}" if sub else ""))
 
 
 class _Placeholder:
@@ -170,6 +176,7 @@ def setup_comfy(spec: dict) -> Comfy:
     mapping = comfy_nodes.NODE_CLASS_MAPPINGS
     sampler_cls = mapping["LIPAR_SelfForcingSampler"]
     pack_pkg = sampler_cls.__module__.rsplit(".", 1)[0]        # <pack>.nodes
+    _PACK_ROOT[:] = [pack_pkg.rsplit(".", 1)[0]]
     patch_mod = importlib.import_module(pack_pkg + ".patch")
     lipar = pack_lipar()                                       # the library the pack's nodes import
     for sub in ("clips", "latents", "schedule", "attention", "kernels"):
@@ -178,6 +185,7 @@ def setup_comfy(spec: dict) -> Comfy:
     return Comfy(torch=torch, args=args, mm=mm, utils=comfy.utils, folder_paths=folder_paths, nodes=comfy_nodes,
                  pruner=mapping["LIPAR_LatentInterFramePruner"], sampler=sampler_cls,
                  restore=mapping["LIPAR_TokenRestore"], default_options=dict(patch_mod.DEFAULT_OPTIONS),
+                 vae_encode=mapping.get("LIPAR_WanVAEEncode"), vae_decode=mapping.get("LIPAR_WanVAEDecode"),
                  lipar=lipar, pack_module=pack_pkg, comfy_dir=comfy_dir)
 
 
