@@ -65,6 +65,9 @@ class WanVAEConfig:
     channels_last, buffers, fused_norm: see the module docstring.
     cudnn_benchmark: let cuDNN time its algorithms for each new shape during the call (ComfyUI's
     ``--fast autotune`` turns this on for everything); the first call of each shape pays for it.
+    fold_bias: with the fused kernel, the bias of each residual block's first convolution is added by the
+    norm kernel that reads its output, instead of by a separate pass over it (PyTorch adds a convolution's
+    bias in a pass of its own).
 
     Defaults measured on an H200 at 832x480x81 (benchmarks/wan_vae.py): 1 and 2 chunks run within
     2% of 2 and 4 with about 60% of the memory."""
@@ -75,6 +78,7 @@ class WanVAEConfig:
     buffers: bool = True
     fused_norm: bool = True
     cudnn_benchmark: bool = False
+    fold_bias: bool = False
 
     def __post_init__(self):
         for name in ("encode_chunk", "decode_chunk"):
@@ -365,9 +369,11 @@ def _rms_act_kernel():
     triton, tl = _triton()
 
     @triton.jit
-    def rms_act(x_ptr, o_ptr, g_ptr, b_ptr, n_pos, C, H, W, sxc, sxt, sxh, sxw, soc, sot, soh, sow, eps,
-                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        # a tile of BLOCK_P positions (t, h, w) x all C channels; float32 inside, one rounding at the store
+    def rms_act(x_ptr, o_ptr, g_ptr, b_ptr, ib_ptr, n_pos, C, H, W, sxc, sxt, sxh, sxw, soc, sot, soh, sow, eps,
+                HAS_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_C: tl.constexpr):
+        # a tile of BLOCK_P positions (t, h, w) x all C channels; float32 inside, one rounding at the store;
+        # HAS_IN_BIAS: x + in_bias is normalised (the bias of the convolution that made x)
         p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
         c = tl.arange(0, BLOCK_C).to(tl.int64)
         pw = p % W
@@ -377,6 +383,8 @@ def _rms_act_kernel():
         mask = (p < n_pos)[:, None] & cmask[None, :]
         x = tl.load(x_ptr + (pt * sxt + ph * sxh + pw * sxw)[:, None] + c[None, :] * sxc, mask=mask,
                     other=0.0).to(tl.float32)
+        if HAS_IN_BIAS:
+            x += tl.load(ib_ptr + c, mask=cmask, other=0.0)[None, :]
         inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)
         y = x * inv[:, None] * tl.load(g_ptr + c, mask=cmask, other=0.0)[None, :]
         if HAS_BIAS:
@@ -390,16 +398,18 @@ def _rms_act_kernel():
 
 
 def _rms_act_triton(x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor | None, act: bool,
-                    out: torch.Tensor) -> torch.Tensor:
-    """x, out [1, C, T, H, W] (any strides, CUDA); gain, bias [C] float32 (gain = sqrt(C) * gamma)."""
+                    out: torch.Tensor, in_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x, out [1, C, T, H, W] (any strides, CUDA); gain, bias, in_bias [C] float32 (gain = sqrt(C) * gamma;
+    in_bias is added to x before the norm)."""
     triton, _ = _triton()
     _, c, t, h, w = x.shape
     n = t * h * w
     block_c = triton.next_power_of_2(c)
     block_p = max(1, min(128, 4096 // block_c))
     _rms_act_kernel()[(triton.cdiv(n, block_p),)](
-        x, out, gain, bias if bias is not None else gain, n, c, h, w, *x.stride()[1:], *out.stride()[1:], _RMS_EPS,
-        HAS_BIAS=bias is not None, ACT=act, BLOCK_P=block_p, BLOCK_C=block_c)
+        x, out, gain, bias if bias is not None else gain, in_bias if in_bias is not None else gain, n, c, h, w,
+        *x.stride()[1:], *out.stride()[1:], _RMS_EPS, HAS_BIAS=bias is not None, HAS_IN_BIAS=in_bias is not None,
+        ACT=act, BLOCK_P=block_p, BLOCK_C=block_c)
     return out
 
 
@@ -444,18 +454,22 @@ def _casts_on_the_fly(m: nn.Module) -> bool:
 class _Conv:
     """A convolution's weights for this run (device, dtype, layout), or its module when ComfyUI casts on the fly."""
 
-    def __init__(self, run: _Run, spec: _ConvSpec, out_channels: int | None = None):
+    def __init__(self, run: _Run, spec: _ConvSpec, out_channels: int | None = None, defer_bias: bool = False):
+        """``defer_bias``: leave the bias out of the convolution; ``deferred`` holds it (float32) for the consumer."""
         self.module = spec.module
         self.direct = not _casts_on_the_fly(spec.module)
         self.out_channels = out_channels
-        self.weight = self.bias = None
+        self.weight = self.bias = self.deferred = None
         if self.direct:
             w = spec.module.weight.detach().to(run.device, run.dtype)
             b = spec.module.bias.detach().to(run.device, run.dtype) if spec.module.bias is not None else None
             if out_channels is not None:
                 w, b = w[:out_channels], (b[:out_channels] if b is not None else None)
             self.weight = run.layout(w) if max(spec.kernel) > 1 else w.contiguous()
-            self.bias = b
+            if defer_bias and b is not None:
+                self.deferred = spec.module.bias.detach().to(run.device, torch.float32)
+            else:
+                self.bias = b
 
     def conv3d(self, x: torch.Tensor, stride=1) -> torch.Tensor:
         """Direct: x already padded [1, C, T, H, W] -> [1, C', T', H', W']."""
@@ -499,12 +513,16 @@ class _Norm:
         self.gain = gain.to(run.dtype).reshape(1, c, 1, 1, 1)        # PyTorch's, in the compute dtype
         self.bias = bias.to(run.dtype).reshape(1, c, 1, 1, 1) if bias is not None else None
 
-    def __call__(self, x: torch.Tensor, act: bool, out: torch.Tensor | None = None) -> torch.Tensor:
-        """x [1, C, T, H, W] -> normalised (and SiLU'd) values, written into ``out`` when given (any strides)."""
+    def __call__(self, x: torch.Tensor, act: bool, out: torch.Tensor | None = None,
+                 in_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x [1, C, T, H, W] (plus ``in_bias`` [C], a convolution's deferred bias) -> normalised (and SiLU'd)
+        values, written into ``out`` when given (any strides)."""
         if out is None:
             out = torch.empty_like(x)
         if self.run.fused and x.is_cuda:
-            return _rms_act_triton(x, self.gain32, self.bias32, act, out)
+            return _rms_act_triton(x, self.gain32, self.bias32, act, out, in_bias)
+        if in_bias is not None:
+            x = x + in_bias.to(x.dtype).reshape(1, -1, 1, 1, 1)
         torch.mul(F.normalize(x, dim=1, eps=_RMS_EPS), self.gain, out=out)
         if self.bias is not None:
             out.add_(self.bias)
@@ -518,8 +536,8 @@ def _copy_into(x: torch.Tensor) -> Callable[[torch.Tensor | None], torch.Tensor]
 class _CausalConv:
     """A causal convolution with time kernel 3, stride 1 (two history frames, zeros before the first)."""
 
-    def __init__(self, run: _Run, spec: _ConvSpec):
-        self.run, self.conv = run, _Conv(run, spec)
+    def __init__(self, run: _Run, spec: _ConvSpec, defer_bias: bool = False):
+        self.run, self.conv = run, _Conv(run, spec, defer_bias=defer_bias)
         self.pad = spec.kernel[-1] // 2
         self.cache: torch.Tensor | None = None
 
@@ -560,14 +578,16 @@ class _Residual:
 
     def __init__(self, run: _Run, spec: _ResidualSpec):
         self.norm1, self.norm2 = _Norm(run, spec.norm1), _Norm(run, spec.norm2)
-        self.conv1, self.conv2 = _CausalConv(run, spec.conv1), _CausalConv(run, spec.conv2)
+        fold = run.config.fold_bias and run.fused          # conv1's bias goes into norm2's kernel
+        self.conv1, self.conv2 = _CausalConv(run, spec.conv1, defer_bias=fold), _CausalConv(run, spec.conv2)
         self.shortcut = _Conv(run, spec.shortcut) if spec.shortcut is not None else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _, c, t, h, w = x.shape
         mid = [self.conv1(lambda out: self.norm1(x, True, out), (c, t, h, w))]
         cout = mid[0].shape[1]
-        y = self.conv2(lambda out: self.norm2(mid.pop(), True, out), (cout, t, h, w))   # pop: freed once read
+        deferred = self.conv1.conv.deferred
+        y = self.conv2(lambda out: self.norm2(mid.pop(), True, out, deferred), (cout, t, h, w))   # pop: freed once read
         return y.add_(x if self.shortcut is None else self.shortcut.point(x))
 
 
@@ -769,7 +789,7 @@ def working_memory(vae: nn.Module, shape: tuple[int, ...], stage: str, config: W
     layout = 1.0 if config.channels_last or not config.buffers else 1.5
     if stage == "encode":
         _, c, t, h, w = shape
-        frames = min(t, TIME_DOWN * config.encode_chunk) + 2
+        frames = min(t, TIME_DOWN * config.encode_chunk) + 3
         return int(layout * 6 * info.dim * frames * h * w * item + c * t * h * w * item)
     if stage == "decode":
         _, _, t, h, w = shape

@@ -275,7 +275,7 @@ def test_cuda_bf16_runner_matches_float64_reference_like_the_loop():
 
     base_x = err(wan_vae.encode(vae16, x.cuda().bfloat16(), COMFY_LOOP), ref_x)
     base_z = err(wan_vae.decode(vae16, z.cuda().bfloat16(), COMFY_LOOP), ref_z)
-    for cfg in ALL_SWITCHES:
+    for cfg in ALL_SWITCHES + [WanVAEConfig(fold_bias=True), WanVAEConfig(cudnn_benchmark=True)]:
         assert err(wan_vae.encode(vae16, x.cuda().bfloat16(), cfg), ref_x) < 1.5 * base_x, cfg
         assert err(wan_vae.decode(vae16, z.cuda().bfloat16(), cfg), ref_z) < 1.5 * base_z, cfg
     for cfg in (dataclasses.replace(WanVAEConfig(), channels_last=False), WanVAEConfig()):
@@ -288,3 +288,47 @@ def test_cudnn_benchmark_switch_restores_the_global_flag(vae):
     out = wan_vae.decode(vae, z, WanVAEConfig(cudnn_benchmark=True))
     assert torch.backends.cudnn.benchmark == before
     assert _rel(out, reference_decode(vae, z)) < F64_TOL
+
+
+INTERPRETED = """
+import os, sys, torch
+sys.path[:0] = [{root!r}]
+from lipar import wan_vae as wv
+from tests.wan_vae_models import build_vae, reference_decode, reference_encode
+init, call = wv._Run.__init__, wv._Norm.__call__
+
+def forced_init(self, device, dtype, config):      # the fused kernel on CPU tensors (Triton's interpreter)
+    init(self, device, dtype, config)
+    self.fused = config.fused_norm
+
+def forced_call(self, x, act, out=None, in_bias=None):
+    if not self.run.fused:
+        return call(self, x, act, out, in_bias)
+    return wv._rms_act_triton(x, self.gain32, self.bias32, act, torch.empty_like(x) if out is None else out, in_bias)
+
+wv._Run.__init__, wv._Norm.__call__ = forced_init, forced_call
+vae64, vae = build_vae(dim=4, seed=3, norm_bias=True), build_vae(dim=4, seed=3, dtype=torch.float32, norm_bias=True)
+g = torch.Generator().manual_seed(0)
+x = torch.rand(1, 3, 9, 16, 24, generator=g, dtype=torch.float64) * 2 - 1
+z = torch.randn(1, 16, 3, 2, 3, generator=g, dtype=torch.float64)
+rx, rz = reference_encode(vae64, x), reference_decode(vae64, z)
+for cfg in (wv.WanVAEConfig(fold_bias=True), wv.WanVAEConfig(channels_last=False)):
+    a, d = wv.encode(vae, x.float(), cfg).double(), wv.decode(vae, z.float(), cfg).double()
+    print(((a - rx).abs().max() / rx.abs().max()).item(), ((d - rz).abs().max() / rz.abs().max()).item())
+"""
+
+
+def test_fused_kernel_under_tritons_interpreter():
+    """The Triton RMS_norm+SiLU kernel (input bias, norm bias, strided output into a buffer) run on CPU by Triton's
+    interpreter inside the whole runner equals the float64 reference at float32 rounding (needs triton installed)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", INTERPRETED.format(root=root)], capture_output=True, text=True,
+                       env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    errs = [float(v) for line in r.stdout.split("\n") if line.strip() for v in line.split()]
+    assert len(errs) == 4 and max(errs) < 1e-5, r.stdout
