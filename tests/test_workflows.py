@@ -49,6 +49,8 @@ PUBLIC_WIDGETS = {
     "LIPAR_SelfForcingSampler": ["seed", "steps", "shift", "chunk_frames", "mode", "window_frames", "sink_frames"],
     "LIPAR_TokenRestore": [],
     "LIPAR_SelfForcingCheckpointLoader": ["ckpt_name", "weight_dtype"],
+    "LIPAR_WanVAEEncode": [],
+    "LIPAR_WanVAEDecode": [],
 }
 PUBLIC_SOCKETS = {
     "LIPAR_LatentInterFramePruner": (["latent", "images"], ["LATENT", "IMAGE"]),
@@ -56,6 +58,8 @@ PUBLIC_SOCKETS = {
     "LIPAR_SelfForcingSampler": (["model", "positive", "latent"], ["LATENT"]),
     "LIPAR_TokenRestore": (["latent"], ["LATENT"]),
     "LIPAR_SelfForcingCheckpointLoader": ([], ["MODEL"]),
+    "LIPAR_WanVAEEncode": (["pixels", "vae"], ["LATENT"]),
+    "LIPAR_WanVAEDecode": (["samples", "vae"], ["IMAGE"]),
 }
 
 
