@@ -320,7 +320,8 @@ class _Parser:
         if isinstance(ups, (nn.Sequential, nn.ModuleList)) and len(ups) and hasattr(ups[0], "upsamples"):
             self.fail("its decoder has nested up-sampling blocks (`decoder.upsamples.0.upsamples`): this is Wan2.2's "
                       "48-channel VAE, which the fast path does not compute.")
-        for path, m in (("encoder.middle", getattr(enc, "middle", None)), ("decoder.middle", getattr(dec, "middle", None))):
+        for path, m in (("encoder.middle", getattr(enc, "middle", None)),
+                        ("decoder.middle", getattr(dec, "middle", None))):
             if not isinstance(m, (nn.Sequential, nn.ModuleList)) or len(m) != 3:
                 self.fail(f"`{path}` is not a sequence of three blocks (residual, attention, residual).")
         w1 = self.get(self.get(enc, "encoder", "conv1"), "encoder.conv1", "weight")

@@ -41,7 +41,8 @@ def _load(vae: Any, memory: int) -> Any:
     """ComfyUI's model management for the VAE (as VAE.encode/decode do), or None outside ComfyUI."""
     mm = host.model_management()
     if mm is not None and hasattr(mm, "load_models_gpu"):
-        mm.load_models_gpu([vae.patcher], memory_required=memory, force_full_load=getattr(vae, "disable_offload", False))
+        mm.load_models_gpu([vae.patcher], memory_required=memory,
+                           force_full_load=getattr(vae, "disable_offload", False))
     return mm
 
 
