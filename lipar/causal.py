@@ -16,6 +16,8 @@ chunk; later chunks' layouts start after them, so whatever pass ran last for a c
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +28,8 @@ from .errors import LiparError
 from .fp8 import Fp8Linears
 from .recovery import ChunkLayout, build_layouts, fill_keys, move_visible
 from .rope import apply_rope
+
+log = logging.getLogger("lipar")
 
 WAN_PARAMETERS = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
                   "time_projection.1.weight", "blocks.0.self_attn.q.weight", "blocks.0.cross_attn.k.weight",
@@ -131,9 +135,14 @@ class CausalWan:
         self._head_mod = module.head.modulation
 
     # ---- per-run setup -----------------------------------------------------------
-    def _fp8_linears(self, which: str) -> Fp8Linears:
-        """The run's fp8 weights (``GraphedCausalWan`` keeps them with its graphs)."""
-        return Fp8Linears(self.module, dtype=self.dtype, device=self.device, which=which)
+    def _fp8_linears(self, which: str) -> Fp8Linears | None:
+        """The run's fp8 weights (``GraphedCausalWan`` keeps them with its graphs); None, with a
+        warning, when they cannot be prepared here (the run then computes in its own dtype)."""
+        try:
+            return Fp8Linears(self.module, dtype=self.dtype, device=self.device, which=which)
+        except (LiparError, RuntimeError) as e:
+            log.warning("fp8 compute unavailable (%s); computing in %s.", e, self.dtype)
+            return None
 
     def _linear(self, lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return lin(x) if self.fp8 is None else self.fp8.linear(lin, x)

@@ -136,12 +136,11 @@ def _graphs_decision(asked: bool | None, module: nn.Module, device: torch.device
     return True, "CUDA graphs"
 
 
-def _fp8_policy(asked: str, module: nn.Module, device: torch.device, dtype: torch.dtype, graphs: bool) -> str:
-    """Which linear layers run as fp8 products: "off", "all" (under CUDA graphs: every block linear
-    gains there) or "ffn" (eager: only the FFN's two matrices outweigh an fp8 call's launch cost).
-    ``asked`` "auto": on where the model's block weights are already fp8 (ComfyUI's fp8 weight
-    dtypes, scaled-fp8 checkpoints) and the GPU has fp8 tensor cores; "on": also for bf16/fp16
-    weights (quantised per output channel, once per run)."""
+def _fp8_policy(asked: str, module: nn.Module, device: torch.device, dtype: torch.dtype) -> str:
+    """Which linear layers run as fp8 products: "off" or "all" (every block linear; the same with or
+    without CUDA graphs, so eager and graph runs compute the same thing). ``asked`` "auto": on where
+    the model's block weights are already fp8 (ComfyUI's fp8 weight dtypes, scaled-fp8 checkpoints)
+    and the GPU has fp8 tensor cores; "on": also for bf16/fp16 weights (quantised per output channel)."""
     if asked == "off" or dtype not in (torch.bfloat16, torch.float16):
         if asked == "on":
             raise LiparError(f"fp8 compute needs a bf16 or fp16 compute dtype; this run computes in {dtype}.")
@@ -155,7 +154,7 @@ def _fp8_policy(asked: str, module: nn.Module, device: torch.device, dtype: torc
         return "off"
     if asked == "auto" and not any(_is_fp8(p) for p in module.blocks.parameters()):
         return "off"
-    return "all" if graphs else "ffn"
+    return "all"
 
 
 def _is_fp8(t: torch.Tensor) -> bool:
@@ -196,7 +195,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
         plan, window_kept = restrict_to_window(plan, config.window)
     use_graphs, graphs_note = _graphs_decision(config.cuda_graphs, module, device)
     check_backend(config.backend, device)
-    fp8 = _fp8_policy(config.fp8, module, device, dtype, use_graphs)
+    fp8 = _fp8_policy(config.fp8, module, device, dtype)
     if use_graphs:
         from .graphs import GraphedCausalWan
         runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention,

@@ -45,7 +45,7 @@ API_FILES = [p[1] for p in PAIRS]
 PUBLIC_WIDGETS = {
     "LIPAR_LatentInterFramePruner": ["threshold", "anchor_threshold", "chunk_frames", "trim_outliers", "smooth",
                                      "open_pruned", "dilate_kept"],
-    "LIPAR_AttentionRecoveryPatch": ["recovery", "recovery_form", "attention_backend"],
+    "LIPAR_AttentionRecoveryPatch": ["recovery", "recovery_form", "attention_backend", "fp8_compute"],
     "LIPAR_SelfForcingSampler": ["seed", "steps", "shift", "chunk_frames", "mode", "window_frames", "sink_frames"],
     "LIPAR_TokenRestore": [],
     "LIPAR_SelfForcingCheckpointLoader": ["ckpt_name", "weight_dtype"],
@@ -168,14 +168,22 @@ def _by_type(api: dict) -> dict[str, list[dict]]:
     return out
 
 
+def _vae_nodes(api_rel) -> tuple[str, str]:
+    """The Wan2.1 VAE runs through the pack's fast nodes; the tiny VAE through ComfyUI's own."""
+    return ("VAEEncode", "VAEDecode") if api_rel == FAST_API else ("LIPAR_WanVAEEncode", "LIPAR_WanVAEDecode")
+
+
 @pytest.mark.parametrize("api_rel", [LIPAR_API, FAST_API])
 def test_lipar_graph_is_wired_as_designed(api_rel):
     api = load(api_rel)
     t = _by_type(api)
-    for needed in ("LoadVideo", "GetVideoComponents", "VAELoader", "VAEEncode", "LIPAR_LatentInterFramePruner",
+    enc, dec = _vae_nodes(api_rel)
+    for needed in ("LoadVideo", "GetVideoComponents", "VAELoader", enc, "LIPAR_LatentInterFramePruner",
                    "UNETLoader", "LIPAR_AttentionRecoveryPatch", "CLIPLoader", "CLIPTextEncode",
-                   "LIPAR_SelfForcingSampler", "VAEDecode", "CreateVideo", "SaveVideo", "PreviewImage"):
+                   "LIPAR_SelfForcingSampler", dec, "CreateVideo", "SaveVideo", "PreviewImage"):
         assert len(t.get(needed, [])) == 1, needed
+    for other in {"VAEEncode", "VAEDecode", "LIPAR_WanVAEEncode", "LIPAR_WanVAEDecode"} - {enc, dec}:
+        assert other not in t, other
     # the sampler restores pruned positions itself: Token Restore stays in the pack (saved
     # workflows keep working) but the examples do not use it
     assert "LIPAR_TokenRestore" not in t
@@ -185,17 +193,17 @@ def test_lipar_graph_is_wired_as_designed(api_rel):
         return api[ref[0]]["class_type"], ref[1]
 
     assert src("GetVideoComponents", "video") == ("LoadVideo", 0)
-    assert src("VAEEncode", "pixels") == ("GetVideoComponents", 0)
-    assert src("VAEEncode", "vae") == ("VAELoader", 0)
-    assert src("LIPAR_LatentInterFramePruner", "latent") == ("VAEEncode", 0)
+    assert src(enc, "pixels") == ("GetVideoComponents", 0)
+    assert src(enc, "vae") == ("VAELoader", 0)
+    assert src("LIPAR_LatentInterFramePruner", "latent") == (enc, 0)
     assert src("LIPAR_LatentInterFramePruner", "images") == ("GetVideoComponents", 0)
     assert src("LIPAR_AttentionRecoveryPatch", "model") == ("UNETLoader", 0)
     assert src("LIPAR_SelfForcingSampler", "model") == ("LIPAR_AttentionRecoveryPatch", 0)
     assert src("LIPAR_SelfForcingSampler", "positive") == ("CLIPTextEncode", 0)
     assert src("LIPAR_SelfForcingSampler", "latent") == ("LIPAR_LatentInterFramePruner", 0)
-    assert src("VAEDecode", "samples") == ("LIPAR_SelfForcingSampler", 0)
-    assert src("VAEDecode", "vae") == ("VAELoader", 0)      # one VAE encodes and decodes
-    assert src("CreateVideo", "images") == ("VAEDecode", 0)
+    assert src(dec, "samples") == ("LIPAR_SelfForcingSampler", 0)
+    assert src(dec, "vae") == ("VAELoader", 0)      # one VAE encodes and decodes
+    assert src("CreateVideo", "images") == (dec, 0)
     assert src("CreateVideo", "fps") == ("GetVideoComponents", 2)
     assert src("SaveVideo", "video") == ("CreateVideo", 0)
     assert src("PreviewImage", "images") == ("LIPAR_LatentInterFramePruner", 1)
@@ -213,9 +221,9 @@ def test_baseline_is_the_same_run_without_lipar():
         assert gone not in base
     api = load(BASELINE_API)
     s = base["LIPAR_SelfForcingSampler"][0]
-    assert api[s["latent"][0]]["class_type"] == "VAEEncode"
+    assert api[s["latent"][0]]["class_type"] == "LIPAR_WanVAEEncode"     # the same VAE nodes as the LIPAR edit
     assert api[s["model"][0]]["class_type"] == "UNETLoader"
-    assert api[base["VAEDecode"][0]["samples"][0]]["class_type"] == "LIPAR_SelfForcingSampler"
+    assert api[base["LIPAR_WanVAEDecode"][0]["samples"][0]]["class_type"] == "LIPAR_SelfForcingSampler"
     # a fair A/B: same sampler settings, models, prompt and input video
     ls = lip["LIPAR_SelfForcingSampler"][0]
     for k in ("seed", "steps", "shift", "chunk_frames", "mode", "window_frames", "sink_frames"):
@@ -227,11 +235,18 @@ def test_baseline_is_the_same_run_without_lipar():
 
 def test_fast_workflow_is_the_lipar_graph_with_the_tiny_vae():
     """Node for node the LIPAR workflow, except the VAE file (ComfyUI's Load VAE lists
-    lighttaew2_1* files of models/vae_approx) and where the video is saved."""
+    lighttaew2_1* files of models/vae_approx), ComfyUI's own VAE Encode/Decode in place of the
+    fast Wan VAE nodes, and where the video is saved."""
     lip, fast = load(LIPAR_API), load(FAST_API)
     assert sorted(lip) == sorted(fast)
     differ = {nid for nid in lip if wc.strip_meta({nid: lip[nid]}) != wc.strip_meta({nid: fast[nid]})}
-    assert {lip[nid]["class_type"] for nid in differ} == {"VAELoader", "SaveVideo"}
+    assert {lip[nid]["class_type"] for nid in differ} == {"VAELoader", "SaveVideo", "LIPAR_WanVAEEncode",
+                                                          "LIPAR_WanVAEDecode"}
+    swapped = {lip[nid]["class_type"]: fast[nid]["class_type"] for nid in differ}
+    assert swapped["LIPAR_WanVAEEncode"] == "VAEEncode" and swapped["LIPAR_WanVAEDecode"] == "VAEDecode"
+    for nid in differ:    # same inputs, same links
+        if lip[nid]["class_type"].startswith("LIPAR_WanVAE"):
+            assert lip[nid]["inputs"] == fast[nid]["inputs"]
     vae = next(v for v in fast.values() if v["class_type"] == "VAELoader")
     assert vae["inputs"] == {"vae_name": "lighttaew2_1.safetensors"}
     prefixes = {wf[n]["inputs"]["filename_prefix"] for wf in (lip, fast) for n in wf if wf[n]["class_type"] == "SaveVideo"}

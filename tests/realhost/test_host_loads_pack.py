@@ -46,8 +46,7 @@ def test_comfyui_starts_and_imports_the_pack_without_errors(server):
 
 def test_object_info_lists_the_lipar_nodes_with_their_inputs(server):
     info = server.get("/object_info")
-    sys.path.insert(0, ROOT)
-    import nodes as pack_nodes   # the pack's node classes, imported outside ComfyUI
+    import lipar_pack.nodes as pack_nodes   # the pack's node classes, imported as a package (tests/conftest.py)
 
     for node_id, display in LIPAR_NODES.items():
         assert node_id in info, node_id
