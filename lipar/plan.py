@@ -32,6 +32,7 @@ Shapes: latent ``[B, C, T, H, W]``; token grid ``[B, T, H/2, W/2]``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -300,10 +301,23 @@ def latent_fingerprint(latent: torch.Tensor) -> torch.Tensor:
     Rounding differences between hosts' normalisations stay far below the tolerance of
     ``PruningPlan.check_latent``; another clip, frame or sum does not."""
     b, c, t, h, w = latent.shape
-    x = latent.detach().double().permute(0, 2, 1, 3, 4).reshape(b, t, -1)            # [B, T, C*H*W]
-    sign = torch.randint(0, 2, (c * h * w,), generator=torch.Generator().manual_seed(0)).double() * 2 - 1
-    stats = torch.stack([x.mean(-1), x.pow(2).mean(-1), (x * sign.to(x.device)).mean(-1)], -1)
+    x = latent.detach()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    sign = _sign_pattern(c, h, w).to(x.device, x.dtype)                          # [C, 1, H, W] of +-1
+    n = c * h * w
+    dims = (1, 3, 4)
+    # per-frame sums over [C, H, W], accumulated in float64 (no float64 copy of the latent)
+    stats = torch.stack([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64),
+                         (x * sign).sum(dims, dtype=torch.float64)], -1) / n         # [B, T, 3]
     return stats.cpu()
+
+
+@functools.lru_cache(maxsize=8)
+def _sign_pattern(c: int, h: int, w: int) -> torch.Tensor:
+    """A fixed pseudo-random +-1 pattern [C, 1, H, W] (float64, CPU) for ``latent_fingerprint``."""
+    g = torch.Generator().manual_seed(0)
+    return (torch.randint(0, 2, (c * h * w,), generator=g).double() * 2 - 1).view(c, h, w).unsqueeze(1)
 
 
 def _anchor_in_window(last_kept: torch.Tensor, window: KVWindow, start: int, count: int) -> torch.Tensor:
