@@ -94,23 +94,57 @@ def test_decode_returns_what_vae_decode_returns(wan_vae_model):
     assert images.min() >= 0 and images.max() <= 1
 
 
-def test_other_vaes_go_to_comfyuis_vae_unchanged(caplog):
-    class Tiny(nn.Module):                              # a TAEHV-like tiny VAE
-        def __init__(self):
-            super().__init__()
-            self.encoder = nn.Sequential(nn.Conv2d(3, 16, 3))
-            self.decoder = nn.Sequential(nn.Conv2d(16, 3, 3))
+class _TinyVideoVAE(nn.Module):
+    """A TAEHV-like tiny video VAE: ``encode`` [1, 3, T, H, W] -> [1, 16, T, H/8, W/8], ``decode`` back."""
 
-    vae = FakeVAE(Tiny())
-    vae.encode = lambda pixels: torch.full((1, 16, 1, 1, 1), 7.0)
-    vae.decode = lambda latent: torch.full((1, 5, 8, 8, 3), 0.5)
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Conv3d(3, 16, (1, 8, 8), stride=(1, 8, 8))
+        self.decoder = nn.ConvTranspose3d(16, 3, (1, 8, 8), stride=(1, 8, 8))
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+
+def _comfy_generic(vae, what, x):
+    """ComfyUI's generic VAE.encode / decode for a video VAE (host-side scaling), restated."""
+    model = vae.first_stage_model
+    if what == "encode":
+        video = vae.vae_encode_crop_pixels(x).movedim(-1, 1).movedim(1, 0).unsqueeze(0)
+        return model.encode(vae.process_input(video).to(vae.vae_dtype)).float()
+    return vae.process_output(model.decode(x.to(vae.vae_dtype)).float()).movedim(1, -1)
+
+
+def test_other_video_vaes_run_their_own_module_with_device_side_scaling(caplog):
+    """A video VAE that is not Wan2.1 (TAEHV-like) runs its own module through the nodes' path: the same
+    values as ComfyUI's VAE Encode / Decode (bit for bit: the same float32 operations), an INFO line says so."""
+    torch.manual_seed(0)
+    vae = FakeVAE(_TinyVideoVAE())
+    pixels = _pixels(5, 16, 24)
+    with caplog.at_level(logging.INFO, logger="lipar"):
+        (latent,) = Encode().encode(pixels, vae)
+        (images,) = Decode().decode({"samples": latent["samples"]}, vae)
+    assert vae.calls == []                               # not handed to vae.encode / vae.decode
+    assert torch.equal(latent["samples"], _comfy_generic(vae, "encode", pixels))
+    want = _comfy_generic(vae, "decode", latent["samples"]).reshape(-1, 16, 24, 3)
+    assert images.shape == (5, 16, 24, 3) and torch.equal(images, want)
+    assert "not a Wan2.1 VAE" in caplog.text and "no `conv1`" in caplog.text and "_TinyVideoVAE module" in caplog.text
+
+
+def test_image_vaes_go_to_comfyuis_vae_unchanged(caplog):
+    vae = FakeVAE(_TinyVideoVAE())
+    vae.latent_dim = 2                                   # an image VAE
+    vae.encode = lambda pixels: torch.full((1, 16, 1, 1), 7.0)
+    vae.decode = lambda latent: torch.full((5, 8, 8, 3), 0.5)
     with caplog.at_level(logging.INFO, logger="lipar"):
         (latent,) = Encode().encode(_pixels(5, 16, 16), vae)
-        (images,) = Decode().decode({"samples": torch.zeros(1, 16, 2, 1, 1)}, vae)
-    assert torch.equal(latent["samples"], torch.full((1, 16, 1, 1, 1), 7.0))
+        (images,) = Decode().decode({"samples": torch.zeros(5, 16, 1, 1)}, vae)
+    assert torch.equal(latent["samples"], torch.full((1, 16, 1, 1), 7.0))
     assert images.shape == (5, 8, 8, 3)
-    assert "using ComfyUI's VAE encode" in caplog.text and "no `conv1`" in caplog.text
-    assert "using ComfyUI's VAE decode" in caplog.text
+    assert "not a video VAE" in caplog.text
 
 
 def test_out_of_memory_falls_back_to_comfyuis_vae(wan_vae_model, monkeypatch, caplog):

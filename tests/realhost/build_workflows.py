@@ -167,9 +167,9 @@ def build(kind: str) -> tuple[list[N], list[tuple[int, int, int, str, str]], lis
     kind "lipar" (pruned), "baseline" (the same graph unpruned) or "fast" (lipar with the tiny VAE)."""
     wf = WORKFLOWS[kind]
     pruned = kind != "baseline"
-    # the Wan2.1 VAE through the pack's fast nodes (same result as VAE Encode/Decode, ~1.6x faster);
-    # the tiny VAE through ComfyUI's own (the fast nodes would hand it to them anyway)
-    enc, dec = ("VAEEncode", "VAEDecode") if kind == "fast" else ("LIPAR_WanVAEEncode", "LIPAR_WanVAEDecode")
+    # the pack's VAE nodes: the same result as VAE Encode/Decode; the Wan2.1 VAE computed by lipar (~1.6x
+    # faster), the tiny VAE by its own module; both with the pixel scaling on the GPU
+    enc, dec = "LIPAR_WanVAEEncode", "LIPAR_WanVAEDecode"
     if kind == "fast":
         vae = N(3, "VAELoader", (0, 500), (320, 60), widgets=[("vae_name", TINY_VAE_FILE)], outputs=[("VAE", "VAE")],
                 title="Load VAE (tiny Wan VAE)", properties=_models(TINY_VAE_FILE, TINY_VAE_URL, "vae_approx"))

@@ -8,7 +8,7 @@ included); the pack is imported as ComfyUI imports it (a package named by its fo
 float32 (ComfyUI's VAE dtype there), the pack's nodes and ComfyUI's nodes get the same inputs: a 13-frame
 59x83 clip (VAE Encode crops it to 56x80) and two latents (the encoded one, 4 frames, and a 7-frame one,
 so the decoder's chunks are uneven). For the Wan VAE the pack must not call the module's own
-encode/decode (the fast path ran); for the tiny VAE it must give ComfyUI's result exactly (fallback).
+encode/decode (the fast path ran); for the tiny VAE (its own module run by the nodes) it must give ComfyUI's result exactly.
 """
 from __future__ import annotations
 
