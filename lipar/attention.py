@@ -16,7 +16,7 @@ continues that softmax over the biased keys. Nothing is materialised per pair of
 ``[1, 1, 1, Lk]``.
 
     >>> attn = choose_attention(torch.device("cuda"), "auto")   # SplitAttention(plain='flash_attn_4') on an H200 with FA4
-    >>> attn.prepare(torch.bfloat16, heads=12, head_dim=128)     # compiles FA4's kernels before any capture
+    >>> attn = attn.prepare(torch.bfloat16, heads=12, head_dim=128)   # compiles FA4's kernels before any capture
     >>> attn.begin_chunk(layout); out = attn(q, keys, values, layout)     # [1, Nk, 12, 128]
 
 Cross-attention (text keys, no bias) always runs through SDPA (``cross``): it is captured in
@@ -130,9 +130,9 @@ class Attention:
     name = "attention"
     compile_seconds = 0.0
 
-    def prepare(self, dtype: torch.dtype, heads: int, head_dim: int) -> Attention:
-        """Once per run, before the first chunk: compile what needs compiling. Returns the strategy
-        to use (itself, or its fallback when a kernel cannot be built here)."""
+    def prepare(self, dtype: torch.dtype, heads: int, head_dim: int, device: torch.device | str = "cuda") -> Attention:
+        """Once per run, before the first chunk: compile what needs compiling (on ``device``). Returns
+        the strategy to use (itself, or its fallback when a kernel cannot be built here)."""
         return self
 
     def context(self):
@@ -185,25 +185,26 @@ class SplitAttention(Attention):
         self.name = f"{plain} + bias kernel"
         self._bias_log2: torch.Tensor | None = None
 
-    def prepare(self, dtype, heads, head_dim):
+    def prepare(self, dtype, heads, head_dim, device="cuda"):
         if dtype not in (torch.bfloat16, torch.float16) or not (16 <= head_dim <= 128) or head_dim & (head_dim - 1):
             # lipar's bias kernel: bf16/fp16, head_dim a power of two in 16..128
             return MaskAttention(cudnn_first=True)
         if self.plain == "cudnn":
             return self
         t0 = time.perf_counter()
-        try:      # compile both variants (with and without lse) now, not inside a capture
-            q = torch.randn(1, 128, heads, head_dim, device="cuda", dtype=dtype)
+        try:      # the first call of each kernel compiles for seconds: both variants (with/without lse) now
+            q = torch.randn(1, 128, heads, head_dim, device=device, dtype=dtype)
             flash_lse(self.plain, q, q, q)
             flash_plain(self.plain, q, q, q)
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         except Exception as e:   # a kernel this GPU, driver or toolkit cannot build: run cuDNN instead
             log.warning("%s could not run here (%s: %s); using cuDNN attention instead.",
                         self.plain, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
             return SplitAttention("cudnn")
         self.compile_seconds = time.perf_counter() - t0
-        log.info("%s ready in %.2f s (kernel compilation; see README 'Attention backends' to keep it between sessions)",
-                 self.plain, self.compile_seconds)
+        if self.compile_seconds > 0.5:       # compiled now (later runs in this process reuse the kernels)
+            log.info("%s compiled in %.2f s (README 'Attention backends and FP8': keeping it between sessions)",
+                     self.plain, self.compile_seconds)
         return self
 
     def context(self):

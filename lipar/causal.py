@@ -124,7 +124,7 @@ class CausalWan:
         self.dtype = dtype
         self.backend = backend
         self.attn = (attention or choose_attention(self.device, backend)).prepare(
-            dtype, self.cfg.num_heads, self.cfg.head_dim)
+            dtype, self.cfg.num_heads, self.cfg.head_dim, self.device)
         self._dup_scratch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.fp8 = None if fp8 == "off" else self._fp8_linears(fp8)
         self.text_k: torch.Tensor | None = None   # [layers, B, Ltext, H, D]

@@ -246,7 +246,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     tokens_full = b * sum(n * hw * (len(steps) + (i < cache_passes)) for i, (_, n) in enumerate(spans))
     info = {"steps": list(steps), "sigmas": sig, "chunks": len(spans), "dtype": str(dtype).replace("torch.", ""),
             "backend": config.backend, **runner.attn.describe(),
-            "fp8": fp8, "fp8_linears": len(runner.fp8) if runner.fp8 is not None else 0,
+            "fp8": fp8 if runner.fp8 is not None else "off", "fp8_linears": len(runner.fp8) if runner.fp8 is not None else 0,
             "recovery": config.recovery if plan is not None else "unpruned",
             "recovery_form": config.recovery_form, "cuda_graphs": use_graphs, "path": graphs_note,
             "kernels": "triton" if _triton_available() and device.type == "cuda" else "pytorch",
