@@ -215,3 +215,22 @@ def test_mask_attention_is_softmax_with_a_per_key_bias():
 def test_attention_choice_refuses_what_cannot_run(backend, bias_mode, msg):
     with pytest.raises(lipar.LiparError, match=msg):
         choose_attention("cpu", backend, bias_mode=bias_mode)
+
+
+def test_flash_attention_that_cannot_compile_falls_back_to_cudnn(monkeypatch, caplog):
+    """A FlashAttention kernel that fails to build (import or compile error on this GPU/toolkit) is
+    replaced by the cuDNN split form before the run starts, with a warning naming the error."""
+    import logging
+
+    import lipar.attention as la
+
+    def broken(*a, **k):
+        raise RuntimeError("ptxas fatal: unsupported GPU architecture\nmore lines")
+    monkeypatch.setattr(la, "flash_lse", broken)
+    with caplog.at_level(logging.WARNING, logger="lipar"):
+        got = la.SplitAttention("flash_attn_4").prepare(torch.bfloat16, 2, 64, device="cpu")
+    assert isinstance(got, la.SplitAttention) and got.plain == "cudnn"
+    assert "flash_attn_4 could not run here (RuntimeError: ptxas fatal" in caplog.text
+    # fp32 (or a head size the bias kernel does not take) runs the mask form instead
+    assert isinstance(la.SplitAttention("cudnn").prepare(torch.float32, 2, 64, device="cpu"), MaskAttention)
+    assert isinstance(la.SplitAttention("cudnn").prepare(torch.bfloat16, 2, 96, device="cpu"), MaskAttention)
