@@ -124,6 +124,18 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     return samples
 
 
+POST_FRAMES = 16     # frames scaled on the GPU at a time (bounds the float32 temporaries to ~16 frames)
+
+
+def _frames_to_host(vae: Any, out: torch.Tensor, dest: torch.Tensor) -> None:
+    """``vae.process_output`` of decoded frames ``out`` [b, C, T, H, W] (on the GPU) into ``dest`` [b, T, H, W, C]
+    (on ComfyUI's intermediate device). ComfyUI converts and scales on the host; the same float32 ops run
+    here on the GPU, a few frames at a time, each slice laid out as IMAGE frames and copied across once."""
+    for t in range(0, out.shape[2], POST_FRAMES):
+        part = vae.process_output(out[:, :, t:t + POST_FRAMES].float()).movedim(1, -1)
+        dest[:, t:t + POST_FRAMES].copy_(part)
+
+
 def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     """ComfyUI's ``VAE.decode(latent)`` (latent [B, 16, T, h, w] -> images [B, T', H, W, C] float32 in 0..1 on
     ComfyUI's intermediate device), with lipar computing a Wan2.1 VAE."""
@@ -143,12 +155,10 @@ def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
             z = latent[i:i + step].to(vae.vae_dtype).to(vae.device)
             with user_errors():                                                 # [b, C, T, H, W] on the GPU
                 out = wan_decode(model, z, CONFIG, on_chunk) if model is not None else vae.first_stage_model.decode(z)
-            # ComfyUI converts and scales on the host; the same float32 ops on the GPU, laid out as the
-            # IMAGE batch [b, T, H, W, C], leave one copy to the host (no CPU passes over the video)
-            out = vae.process_output(out.float()).movedim(1, -1).contiguous().to(vae.output_device)
             if pixels is None:
-                pixels = torch.empty((latent.shape[0],) + tuple(out.shape[1:]), device=vae.output_device)
-            pixels[i:i + step] = out
+                pixels = torch.empty((latent.shape[0], out.shape[2], *out.shape[3:], out.shape[1]),
+                                     device=vae.output_device)                  # [B, T, H, W, C]
+            _frames_to_host(vae, out, pixels[i:i + step])
     except _oom_types(mm):
         out_of_memory = True
     if out_of_memory:
