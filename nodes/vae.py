@@ -86,6 +86,28 @@ def _release(mm: Any) -> None:
         mm.soft_empty_cache()
 
 
+POST_FRAMES = 16     # frames scaled on the GPU at a time (bounds the float32 temporaries to ~16 frames)
+
+
+def _frames_to_device(vae: Any, video: torch.Tensor) -> torch.Tensor:
+    """``vae.process_input(video).to(vae.vae_dtype)`` on the VAE's device: video [b, C, T, H, W] (host).
+    ComfyUI scales on the host; the same float32 ops run here on the GPU, a few frames at a time (no
+    passes over the whole clip on the CPU, float32 temporaries of ~16 frames)."""
+    x = torch.empty(video.shape, dtype=vae.vae_dtype, device=vae.device)
+    for t in range(0, video.shape[2], POST_FRAMES):
+        x[:, :, t:t + POST_FRAMES] = vae.process_input(video[:, :, t:t + POST_FRAMES].to(vae.device))
+    return x
+
+
+def _frames_to_host(vae: Any, out: torch.Tensor, dest: torch.Tensor) -> None:
+    """``vae.process_output`` of decoded frames ``out`` [b, C, T, H, W] (on the GPU) into ``dest`` [b, T, H, W, C]
+    (on ComfyUI's intermediate device). ComfyUI converts and scales on the host; the same float32 ops run
+    here on the GPU, a few frames at a time, each slice laid out as IMAGE frames and copied across once."""
+    for t in range(0, out.shape[2], POST_FRAMES):
+        part = vae.process_output(out[:, :, t:t + POST_FRAMES].float()).movedim(1, -1)
+        dest[:, t:t + POST_FRAMES].copy_(part)
+
+
 def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """ComfyUI's ``VAE.encode(pixels)`` (IMAGE [N, H, W, C] -> latent [1, 16, T, H/8, W/8] float32 on ComfyUI's
     intermediate device), with lipar computing a Wan2.1 VAE."""
@@ -105,9 +127,7 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     samples, out_of_memory = None, False
     try:
         for i in range(0, video.shape[0], step):
-            # ComfyUI scales on the host; the same float32 ops on the GPU give the same values without
-            # two passes over the whole clip on the CPU
-            x = vae.process_input(video[i:i + step].to(vae.device)).to(vae.vae_dtype)
+            x = _frames_to_device(vae, video[i:i + step])
             with user_errors():
                 z = wan_encode(model, x, CONFIG, on_chunk) if model is not None else vae.first_stage_model.encode(x)
                 out = z.to(vae.output_device).float()
@@ -122,18 +142,6 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
         log.warning("LIPAR Wan VAE Encode ran out of GPU memory; encoding with ComfyUI's VAE (it tiles when needed).")
         return vae.encode(pixels)
     return samples
-
-
-POST_FRAMES = 16     # frames scaled on the GPU at a time (bounds the float32 temporaries to ~16 frames)
-
-
-def _frames_to_host(vae: Any, out: torch.Tensor, dest: torch.Tensor) -> None:
-    """``vae.process_output`` of decoded frames ``out`` [b, C, T, H, W] (on the GPU) into ``dest`` [b, T, H, W, C]
-    (on ComfyUI's intermediate device). ComfyUI converts and scales on the host; the same float32 ops run
-    here on the GPU, a few frames at a time, each slice laid out as IMAGE frames and copied across once."""
-    for t in range(0, out.shape[2], POST_FRAMES):
-        part = vae.process_output(out[:, :, t:t + POST_FRAMES].float()).movedim(1, -1)
-        dest[:, t:t + POST_FRAMES].copy_(part)
 
 
 def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
