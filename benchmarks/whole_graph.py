@@ -368,8 +368,9 @@ class Bench:
         self.models["dit"] = C.nodes.UNETLoader().load_unet(FILES["dit"], "default")[0]
         patch = C.nodes.NODE_CLASS_MAPPINGS["LIPAR_AttentionRecoveryPatch"]
         o = C.default_options
+        # every lipar graph samples through the patch (pruned and unpruned: the same attention and fp8 settings)
         self.models["dit_patched"] = patch().patch(self.models["dit"], o["recovery"], o["recovery_form"],
-                                                   o["attention_backend"])[0]
+                                                   self.args.attention_backend, self.args.fp8_compute)[0]
         self.models["wan"] = C.nodes.VAELoader().load_vae(FILES["wan_vae"])[0]
         self.models["tiny"] = C.nodes.VAELoader().load_vae(FILES["tiny_vae"])[0]
         self.models["wanfast"] = self.models["wan"]
@@ -479,7 +480,7 @@ class Bench:
         target = spec["target_prune"]
         latent = self.timed(times, "vae_encode", lambda: self.vae_encode(spec["vae_encode"], enc, video))
         extra = {}
-        model = self.models["dit"]
+        model = self.models["dit_patched"]
         if target is not None:
             key = (spec["vae_encode"], target)
             if warm or key not in self.thresholds:
@@ -490,7 +491,6 @@ class Bench:
                 latent, th["threshold"], th["anchor_threshold"], images=video, **kw))
             sampler_in = pruned["result"][0]
             extra["prune_ratio"] = sampler_in["lipar_plan"].prune_ratio()
-            model = self.models["dit_patched"]
         else:
             sampler_in = latent
             extra["prune_ratio"] = 0.0
@@ -583,7 +583,7 @@ class Bench:
                 if key not in self.kept:
                     continue
                 lat = self.kept[key]
-                model = self.models["dit"] if target is None else self.models["dit_patched"]
+                model = self.models["dit_patched"]
                 secs = {"none": [], "latent2rgb": []}
                 counts = []
                 for i in range(self.args.repeat + 1):
@@ -820,6 +820,10 @@ def parse_args(argv=None):
                     help="CUDA allocator (ComfyUI's main.py selects cudaMallocAsync); set before torch is imported")
     ap.add_argument("--budget", type=float, default=0.0, help="seconds: graphs and extras that would start after "
                     "this are skipped (0 = no limit)")
+    ap.add_argument("--attention-backend", default="auto", choices=("auto", "sdpa", "cudnn", "flash_attn"),
+                    help="the Attention Recovery Patch's attention_backend for every lipar graph")
+    ap.add_argument("--fp8-compute", default="auto", choices=("auto", "on", "off"),
+                    help="the Attention Recovery Patch's fp8_compute for every lipar graph")
     ap.add_argument("--list", action="store_true", help="list the graph names and exit")
     args = ap.parse_args(argv)
     if args.repeat < 1:
