@@ -509,7 +509,7 @@ class Bench:
         return times, extra
 
     def core_run(self, spec: dict, video, cond, warm: bool) -> tuple[dict, dict]:
-        C, times = self.C, {s: None for s in STAGES}
+        times = {s: None for s in STAGES}
         nar, ncs = self.core["nar"], self.core["ncs"]
         enc, dec = self.models[spec["vae_encode"]], self.models[spec["vae_decode"]]
         latent = self.timed(times, "vae_encode", lambda: self.vae_encode(spec["vae_encode"], enc, video))
