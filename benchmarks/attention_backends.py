@@ -11,7 +11,6 @@ float64 attention on one small shape. Medians of CUDA-event timings. JSON to --o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -19,6 +18,8 @@ import time
 from types import SimpleNamespace
 
 import torch
+
+from bench_io import cuda_median_ms, save_result  # noqa: E402  (benchmarks/bench_io.py)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lipar.attention import (MaskAttention, SplitAttention, cudnn_priority, flash_attn_version,  # noqa: E402
@@ -35,20 +36,9 @@ SWEEP = [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3), (128, 128, 8, 2), (
          (64, 128, 4, 3), (128, 64, 4, 3)]
 
 
-def bench(fn, iters: int = 20) -> float:
-    """Median milliseconds of ``fn`` over ``iters`` CUDA-event timed calls (after 3 warm-ups)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
+def bench(fn) -> float:
+    """Median milliseconds of ``fn`` over 20 CUDA-event timed calls, after 3 warm-ups."""
+    return cuda_median_ms(fn, iters=20, warmup=3)
 
 
 def rand(*shape):
@@ -137,12 +127,7 @@ def main() -> int:
            "plain": plain_rows, "split": split_rows, "split_run_seconds": totals, "relative_error": errors,
            "compile_seconds": {n: s.compile_seconds for n, s in strat.items()},
            "bias_kernel_sweep_seconds": sweep() if a.sweep else None}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], os.path.basename(a.out)), "w") as f:
-            json.dump(res, f, indent=1)
+    save_result(res, a.out)
     return 0
 
 

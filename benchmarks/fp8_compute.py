@@ -20,10 +20,8 @@ the OUT environment variable is set, a copy into $OUT.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import time
@@ -33,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_io import cuda_median_ms, save_result  # noqa: E402  (benchmarks/bench_io.py)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -65,15 +64,7 @@ def _median_ms(fn: Callable[[], object], iters: int, device: torch.device) -> fl
             fn()
             times.append((time.perf_counter() - t) * 1e3)
         return statistics.median(times)
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return cuda_median_ms(fn, iters)
 
 
 def timed(fn: Callable[[], object], iters: int, device: torch.device, graphs: bool) -> dict:
@@ -281,12 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "triton": _triton_version(), "python": platform.python_version(),
            "command": " ".join(sys.argv), "seconds": time.perf_counter() - start, "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
-    copy = os.path.join(os.environ["OUT"], os.path.basename(a.out)) if os.environ.get("OUT") else None
-    if copy and os.path.abspath(copy) != os.path.abspath(a.out):
-        shutil.copy(a.out, copy)
+    save_result(res, a.out)
     print(f"wrote {a.out} ({res['seconds']:.1f} s)")
     return 0
 

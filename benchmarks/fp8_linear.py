@@ -10,14 +10,13 @@ quantisation (amax, divide, cast) counted. Relative L2 error against the bf16 pr
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import sys
 
 import torch
 import torch.nn.functional as F
 
+from bench_io import save_result  # noqa: E402  (benchmarks/bench_io.py)
 SHAPES = {"qkvo/cross_q (1536->1536)": (1536, 1536), "ffn.0 (1536->8960)": (1536, 8960),
           "ffn.2 (8960->1536)": (8960, 1536)}
 FP8 = torch.float8_e4m3fn
@@ -95,9 +94,7 @@ def main() -> int:
               f"{r['rel_l2_tensorwise']:8.4f}")
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
            "command": " ".join(sys.argv), "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
+    save_result(res, a.out)
     return 0
 
 

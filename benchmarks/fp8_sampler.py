@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
 import time
 
 import torch
+
+from bench_io import save_result  # noqa: E402  (benchmarks/bench_io.py)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lipar.fp8 import Fp8Linears  # noqa: E402
@@ -88,12 +89,7 @@ def main() -> int:
                   f"{row['speedup']:.3f}x  rel L2 {row['final_latent_rel_l2']:.4f}", flush=True)
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
            "command": " ".join(sys.argv), "size": [81, 480, 832], "steps": [400, 350, 250], "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], os.path.basename(a.out)), "w") as f:
-            json.dump(res, f, indent=1)
+    save_result(res, a.out)
     return 0
 
 

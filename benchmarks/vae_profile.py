@@ -17,13 +17,14 @@ of the decode; JSON to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 
 import torch
+
+from bench_io import save_result  # noqa: E402  (benchmarks/bench_io.py)
 
 
 def make_vae(vae_mod, device, dtype):
@@ -158,12 +159,7 @@ def main() -> int:
            "command": " ".join(sys.argv), "size": [a.frames, a.height, a.width], "dtype": "bfloat16", "rows": rows,
            "profiles": {n: {"total_ms": tot, "top": top} for n, (tot, top) in
                         (("comfy", prof_comfy), ("chunk4", prof_chunk), ("chunk4_cl", prof_cl))}}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "vae_profile.json"), "w") as f:
-            json.dump(res, f, indent=1)
+    save_result(res, a.out)
     return 0
 
 

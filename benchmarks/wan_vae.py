@@ -32,6 +32,8 @@ import time
 
 import torch
 
+from bench_io import save_result  # noqa: E402  (benchmarks/bench_io.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -256,12 +258,7 @@ def main() -> int:
            "dtype": "bfloat16", "repeat": a.repeat, "cudnn_benchmark": torch.backends.cudnn.benchmark,
            "comfy_bf16_vs_fp32": base_err, "rows": rows, "checks": checks, "profiles": profiles,
            "wall_seconds": time.perf_counter() - t_start}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=1)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], os.path.basename(a.out)), "w") as f:
-            json.dump(res, f, indent=1)
+    save_result(res, a.out)
     print(f"[wan_vae] wrote {a.out} ({res['wall_seconds']:.0f} s)")
     return 0
 
