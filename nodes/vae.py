@@ -13,7 +13,7 @@ VAE then tiles), with a warning.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -108,6 +108,24 @@ def _frames_to_host(vae: Any, out: torch.Tensor, dest: torch.Tensor) -> None:
         dest[:, t:t + POST_FRAMES].copy_(part)
 
 
+def _in_batches(vae: Any, memory: int, total: int, run: Callable[[int, int], None], what: str) -> bool:
+    """ComfyUI's VAE batching: load the VAE for ``memory`` bytes of work, then ``run(i, step)`` for each batch of
+    ``total`` samples. False (with a warning, the failed run's tensors freed) when the GPU ran out of memory."""
+    mm = _load(vae, memory)
+    step = _batch_number(mm, vae, memory)
+    out_of_memory = False
+    try:
+        for i in range(0, total, step):
+            run(i, step)
+    except _oom_types(mm):
+        out_of_memory = True             # leave the except block first, so the failed run's tensors can be freed
+    if out_of_memory:
+        _release(mm)
+        log.warning("LIPAR Wan VAE %s ran out of GPU memory; using ComfyUI's VAE %s (it tiles when needed).",
+                    what.capitalize(), what)
+    return not out_of_memory
+
+
 def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """ComfyUI's ``VAE.encode(pixels)`` (IMAGE [N, H, W, C] -> latent [1, 16, T, H/8, W/8] float32 on ComfyUI's
     intermediate device), with lipar computing a Wan2.1 VAE."""
@@ -121,27 +139,21 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     memory = int(vae.memory_used_encode(video.shape, vae.vae_dtype))
     if model is not None:
         memory = max(memory, working_memory(model, tuple(video.shape), "encode", CONFIG, vae.vae_dtype))
-    mm = _load(vae, memory)
-    step = _batch_number(mm, vae, memory)
     on_chunk = _chunk_callback()
-    samples, out_of_memory = None, False
-    try:
-        for i in range(0, video.shape[0], step):
-            x = _frames_to_device(vae, video[i:i + step])
-            with user_errors():
-                z = wan_encode(model, x, CONFIG, on_chunk) if model is not None else vae.first_stage_model.encode(x)
-                out = z.to(vae.output_device).float()
-            if samples is None:
-                samples = torch.empty((video.shape[0],) + tuple(out.shape[1:]), device=vae.output_device)
-            samples[i:i + step] = out
-    except _oom_types(mm):
-        out_of_memory = True             # leave the except block first, so the failed run's tensors can be freed
-    if out_of_memory:
-        samples = x = out = None
-        _release(mm)
-        log.warning("LIPAR Wan VAE Encode ran out of GPU memory; encoding with ComfyUI's VAE (it tiles when needed).")
+    samples: list[torch.Tensor] = []
+
+    def run(i: int, step: int) -> None:
+        x = _frames_to_device(vae, video[i:i + step])
+        with user_errors():
+            z = wan_encode(model, x, CONFIG, on_chunk) if model is not None else vae.first_stage_model.encode(x)
+        out = z.to(vae.output_device).float()
+        if not samples:
+            samples.append(torch.empty((video.shape[0],) + tuple(out.shape[1:]), device=vae.output_device))
+        samples[0][i:i + step] = out
+
+    if not _in_batches(vae, memory, video.shape[0], run, "encode"):
         return vae.encode(pixels)
-    return samples
+    return samples[0]
 
 
 def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
@@ -154,27 +166,21 @@ def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     memory = int(vae.memory_used_decode(latent.shape, vae.vae_dtype))
     if model is not None:
         memory = max(memory, working_memory(model, tuple(latent.shape), "decode", CONFIG, vae.vae_dtype))
-    mm = _load(vae, memory)
-    step = _batch_number(mm, vae, memory)
     on_chunk = _chunk_callback()
-    pixels, out_of_memory = None, False
-    try:
-        for i in range(0, latent.shape[0], step):
-            z = latent[i:i + step].to(vae.vae_dtype).to(vae.device)
-            with user_errors():                                                 # [b, C, T, H, W] on the GPU
-                out = wan_decode(model, z, CONFIG, on_chunk) if model is not None else vae.first_stage_model.decode(z)
-            if pixels is None:
-                pixels = torch.empty((latent.shape[0], out.shape[2], *out.shape[3:], out.shape[1]),
-                                     device=vae.output_device)                  # [B, T, H, W, C]
-            _frames_to_host(vae, out, pixels[i:i + step])
-    except _oom_types(mm):
-        out_of_memory = True
-    if out_of_memory:
-        pixels = z = out = None
-        _release(mm)
-        log.warning("LIPAR Wan VAE Decode ran out of GPU memory; decoding with ComfyUI's VAE (it tiles when needed).")
+    pixels: list[torch.Tensor] = []
+
+    def run(i: int, step: int) -> None:
+        z = latent[i:i + step].to(vae.vae_dtype).to(vae.device)
+        with user_errors():                                                 # [b, C, T, H, W] on the GPU
+            out = wan_decode(model, z, CONFIG, on_chunk) if model is not None else vae.first_stage_model.decode(z)
+        if not pixels:
+            pixels.append(torch.empty((latent.shape[0], out.shape[2], *out.shape[3:], out.shape[1]),
+                                      device=vae.output_device))            # [B, T, H, W, C]
+        _frames_to_host(vae, out, pixels[0][i:i + step])
+
+    if not _in_batches(vae, memory, latent.shape[0], run, "decode"):
         return vae.decode(latent)
-    return pixels
+    return pixels[0]
 
 
 class WanVAEEncode:
@@ -195,8 +201,8 @@ class WanVAEEncode:
         return {"required": {
             "pixels": ("IMAGE", {"tooltip": "The video frames (e.g. from Load Video); cropped to multiples of 8 as VAE "
                                             "Encode crops them."}),
-            "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors); any other VAE is passed to ComfyUI's "
-                                       "VAE Encode."}),
+            "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors), computed by LIPAR; other video VAEs "
+                                       "(the tiny lighttaew2_1) run their own module; image VAEs go to ComfyUI's VAE Encode."}),
         }}
 
     def encode(self, pixels, vae):
@@ -220,8 +226,8 @@ class WanVAEDecode:
     def INPUT_TYPES(cls):
         return {"required": {
             "samples": ("LATENT", {"tooltip": "The latent to decode (e.g. the Self-Forcing Causal Sampler's output)."}),
-            "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors); any other VAE is passed to ComfyUI's "
-                                       "VAE Decode."}),
+            "vae": ("VAE", {"tooltip": "The Wan2.1 VAE (wan_2.1_vae.safetensors), computed by LIPAR; other video VAEs "
+                                       "(the tiny lighttaew2_1) run their own module; image VAEs go to ComfyUI's VAE Decode."}),
         }}
 
     def decode(self, samples, vae):
