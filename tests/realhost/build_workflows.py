@@ -197,7 +197,8 @@ def build(kind: str) -> tuple[list[N], list[tuple[int, int, int, str, str]], lis
           sockets=[("model", "MODEL"), ("positive", "CONDITIONING"), ("latent", "LATENT")],
           widgets=defaults("LIPAR_SelfForcingSampler", seed=SEED),
           outputs=[("latent", "LATENT")]),
-        N(13, dec, (1700, 0), (240, 50), sockets=[("samples", "LATENT"), ("vae", "VAE")],
+        # as wide as Save Video, so the pack's badge on its title clears the group's title
+        N(13, dec, (1700, 0), (400, 50), sockets=[("samples", "LATENT"), ("vae", "VAE")],
           outputs=[("IMAGE" if dec == "VAEDecode" else "image", "IMAGE")]),
         N(14, "CreateVideo", (1700, 100), (270, 80), sockets=[("images", "IMAGE")], optional_sockets=[("audio", "AUDIO")],
           widgets=[("fps", 16.0)], outputs=[("VIDEO", "VIDEO")]),
