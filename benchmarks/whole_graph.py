@@ -490,6 +490,7 @@ class Bench:
             pruned = self.timed(times, "prune", lambda: C.pruner().prune(
                 latent, th["threshold"], th["anchor_threshold"], images=video, **kw))
             sampler_in = pruned["result"][0]
+            extra["pruner_seconds"] = pruned["ui"]["lipar_stats"][0].get("node_seconds")
             extra["prune_ratio"] = sampler_in["lipar_plan"].prune_ratio()
         else:
             sampler_in = latent
@@ -554,7 +555,7 @@ class Bench:
             row["prune_ratios_seen"] = ratios
         if spec["target_prune"] is not None:
             row["thresholds"] = self.thresholds.get((spec["vae_encode"], spec["target_prune"]))
-        for k in ("sampler_info", "images_shape", "output_finite"):
+        for k in ("sampler_info", "pruner_seconds", "images_shape", "output_finite"):
             if k in last:
                 row[k] = last[k]
         return row

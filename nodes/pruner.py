@@ -4,35 +4,57 @@ from __future__ import annotations
 
 import os
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
 from . import host
-from ..lipar.preview import fit_frames, mask_preview, one_frame_per_latent_frame, save_animation
+from ..lipar.preview import animation_pixels, fit_frames, mask_preview, one_frame_per_latent_frame, write_animation
 from ..lipar.latents import normalize_wan21
 from ..lipar.plan import PlanConfig, build_plan
 from ..lipar.validate import check_latent
-from .common import CATEGORY, PLAN_KEY, latent_samples, log, user_errors
+from .common import CATEGORY, PLAN_KEY, StageClock, latent_samples, log, user_errors
 
 PREVIEW_MAX_SIDE = 384   # the in-node animation is downscaled to this (the node is ~380 px wide); the IMAGE output keeps full size
 _DEFAULTS = PlanConfig()   # widget defaults are the library's measured defaults
 LATENT_FPS = 4.0         # the in-node animation shows one frame per latent frame (4 video frames)
+_ENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipar-preview")   # Pillow releases the GIL
 
 
-def write_preview(images: torch.Tensor, fps: float) -> dict:
-    """Write ``images`` [N, H, W, 3] (any device) as an animated WEBP into the temp directory,
-    downscaled on their device and encoded at Pillow's fastest effort; return its ui entry."""
+def start_preview(images: torch.Tensor, fps: float) -> Future:
+    """Start writing ``images`` [N, H, W, 3] (any device) as an animated WEBP into the temp directory:
+    downscaled on their device and copied across as uint8 now, encoded (Pillow's fastest effort) in a
+    worker thread while the node goes on. The future's result is the ui entry; wait for it before the
+    node returns, so the file exists when the front end asks for it."""
     h, w = images.shape[1:3]
     scale = PREVIEW_MAX_SIDE / max(h, w)
     if scale < 1.0:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         images = F.interpolate(images.permute(0, 3, 1, 2), size=size, mode="area").permute(0, 2, 3, 1)
+    pixels = animation_pixels(images)
     folder = host.temp_directory()
     os.makedirs(folder, exist_ok=True)
     filename = f"lipar_mask_{uuid.uuid4().hex[:16]}.webp"
-    save_animation(images, os.path.join(folder, filename), fps=fps, effort=0)
-    return {"filename": filename, "subfolder": "", "type": "temp"}
+
+    def encode() -> dict:
+        write_animation(pixels, os.path.join(folder, filename), fps=fps, effort=0)
+        return {"filename": filename, "subfolder": "", "type": "temp"}
+    return _ENCODER.submit(encode)
+
+
+def source_frames(images, latent_shape: tuple[int, ...], device: torch.device) -> torch.Tensor | None:
+    """The source frame each latent frame ends on, on ``device`` and fitted to the latent's size, or None
+    (with a warning saying why) when ``images`` cannot be drawn over. Only those frames cross to the GPU."""
+    if images is None:
+        return None
+    t, h, w = latent_shape[2:]
+    if isinstance(images, torch.Tensor) and images.shape[0] in (t, 4 * (t - 1) + 1):
+        images = one_frame_per_latent_frame(images, t, device)
+    frames, what = fit_frames(images, t, h, w)
+    if what:
+        log.warning("pruner preview: %s.", what)
+    return frames
 
 
 def plan_stats(plan) -> dict:
@@ -100,6 +122,7 @@ class LatentInterFramePruner:
 
     def prune(self, latent, threshold, anchor_threshold, chunk_frames, trim_outliers, smooth, open_pruned,
               dilate_kept, images=None):
+        clock = StageClock()
         samples = latent_samples(latent)
         config = PlanConfig(threshold=float(threshold), anchor_threshold=float(anchor_threshold),
                             chunk_frames=int(chunk_frames), trim_outliers=float(trim_outliers),
@@ -108,27 +131,21 @@ class LatentInterFramePruner:
         with user_errors(), torch.no_grad():
             config.validate()
             check_latent(samples, what="latent to prune")
-            normalized = normalize_wan21(samples.to(device, torch.float32))
-            plan = build_plan(normalized, config)
-            frames = None
-            if images is not None:
-                t, h, w = samples.shape[2:]
-                if isinstance(images, torch.Tensor) and images.shape[0] == 4 * (t - 1) + 1:
-                    images = one_frame_per_latent_frame(images, t)   # only these move to the GPU
-                if isinstance(images, torch.Tensor) and images.shape[0] == t:
-                    images = images.to(device)
-                frames, what = fit_frames(images, t, h, w)
-                if what:
-                    log.warning("pruner preview: %s.", what)
-            preview = mask_preview(plan, frames)
-
+            plan = build_plan(normalize_wan21(samples.to(device, torch.float32)), config)
+            preview = mask_preview(plan, source_frames(images, samples.shape, device))   # [T, H, W, 3]
+            ui_image = start_preview(preview, LATENT_FPS)
+        clock.mark("plan_and_preview")
         out = dict(latent)
         out[PLAN_KEY] = plan.to("cpu")
-        stats = plan_stats(plan)
-        ui_image = write_preview(preview, LATENT_FPS)
-        preview = preview.to(host.intermediate_device())
+        stats = plan_stats(out[PLAN_KEY])
+        clock.mark("stats")
+        preview = preview.to(host.intermediate_device())       # while the animation is encoded
+        clock.mark("output")
+        ui_entry = ui_image.result()
+        clock.mark("animation")
+        stats["node_seconds"] = clock.seconds
         log.info("pruner: %.1f%% of tokens pruned (kept %s of %d per sample; %d latent frames, chunks of %d)%s",
                  stats["prune_ratio"] * 100, stats["tokens_kept"], stats["tokens_total"], plan.frames,
                  config.chunk_frames, f" - {stats['note']}" if stats.get("note") else "")
-        return {"ui": {"images": [ui_image], "animated": (True,), "lipar_stats": [stats]},
+        return {"ui": {"images": [ui_entry], "animated": (True,), "lipar_stats": [stats]},
                 "result": (out, preview)}

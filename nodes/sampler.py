@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 
@@ -16,8 +15,8 @@ from ..lipar.restore import restore_latent
 from ..lipar.sampler import MODES as SAMPLER_MODES, SamplerConfig, sample
 from ..lipar.schedule import EDITING_STEPS, parse_steps
 from ..lipar.validate import check_latent
-from .common import (CATEGORY, PLAN_KEY, compute_dtype, conditioning_context, cuda_graphs_allowed, diffusion_model,
-                     latent_plan, latent_samples, lipar_options, log, model_device, user_errors)
+from .common import (CATEGORY, PLAN_KEY, StageClock, compute_dtype, conditioning_context, cuda_graphs_allowed,
+                     diffusion_model, latent_plan, latent_samples, lipar_options, log, model_device, user_errors)
 from .patch import DEFAULT_OPTIONS
 
 _DEFAULTS = SamplerConfig()
@@ -128,7 +127,7 @@ class SelfForcingSampler:
 
     def sample(self, model, positive, latent, seed, steps, shift, chunk_frames, mode,
                window_frames=_DEFAULTS.window_frames, sink_frames=_DEFAULTS.sink_frames):
-        clock = [time.perf_counter()]
+        clock = StageClock()
         samples = latent_samples(latent)
         module = diffusion_model(model)
         plan = latent_plan(latent)
@@ -153,9 +152,9 @@ class SelfForcingSampler:
             cfg = check_wan_module(module)
 
         needed = inference_memory(cfg, samples.shape, config)
-        clock.append(time.perf_counter())
+        clock.mark("checks")
         host.load_model(model, needed)
-        clock.append(time.perf_counter())
+        clock.mark("load_model")
         module = model.model.diffusion_model
         device = model_device(model, module)
         graphs = cuda_graphs_allowed(model)
@@ -173,7 +172,7 @@ class SelfForcingSampler:
             result = sample(module, context, z, plan=plan, config=config, device=device, on_pass=on_pass,
                                   on_chunk=previews.chunk_done)
             restored = restore_latent(result.latent, result.plan)
-        clock.append(time.perf_counter())
+        clock.mark("sample_call")
         progress.update(result.passes, result.passes, previews.ready(wait=True))
         graphs_kept = host.keep_graphs(model, device, needed)
         if result.info.get("cuda_graphs") and not graphs_kept:
@@ -182,7 +181,7 @@ class SelfForcingSampler:
 
         out = {k: v for k, v in latent.items() if k != PLAN_KEY}
         out["samples"] = out_samples
-        clock.append(time.perf_counter())
+        clock.mark("after")
         b, _, t = samples.shape[:3]
         video_frames = b * (4 * (t - 1) + 1)
         seconds = float(result.seconds)
@@ -212,8 +211,7 @@ class SelfForcingSampler:
             "steps": list(ri.get("steps", [])),
             # where the node's own time went: checks, ComfyUI's model loading, lipar.sample (its host-side set-up
             # included), previews/restore/copy-out after it
-            "node_seconds": {name: round(b - a, 4) for name, a, b in
-                             zip(("checks", "load_model", "sample_call", "after"), clock, clock[1:])},
+            "node_seconds": clock.seconds,
             "note": run_note(result.plan, patch_options, mode, ri),
         }
         info["details"] = {"ran": f"{info['path']}, {info['kernels']} kernels, {info['attention']} attention",

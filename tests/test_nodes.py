@@ -277,6 +277,34 @@ def test_pruner_preview_goes_to_comfyui_temp_directory(raw, tmp_path, monkeypatc
     assert (comfy_temp / img["filename"]).is_file()
 
 
+def test_pruner_reports_its_stages_and_waits_for_its_animation(raw, frames, temp_dir):
+    """The WEBP is encoded in a worker thread while the node copies its IMAGE output out; the node
+    returns only once the file is written, and says where its time went."""
+    r = prune({"samples": raw}, images=frames)
+    (stats,) = r["ui"]["lipar_stats"]
+    assert list(stats["node_seconds"]) == ["plan_and_preview", "stats", "output", "animation"]
+    assert all(v >= 0 for v in stats["node_seconds"].values())
+    from PIL import Image
+    with Image.open(temp_dir / r["ui"]["images"][0]["filename"]) as anim:
+        assert anim.n_frames == 6
+
+
+def test_pruner_animation_failure_is_not_swallowed(raw, monkeypatch):
+    import lipar_pack.nodes.pruner as pruner_node
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(pruner_node, "write_animation", broken)
+    with pytest.raises(OSError, match="disk full"):
+        prune({"samples": raw})
+
+
+def test_one_frame_per_latent_frame_moves_only_those_frames():
+    video = torch.arange(21.0).view(21, 1, 1, 1).expand(21, 2, 2, 3)      # a strided view, as IMAGE slices are
+    picked = lipar.preview.one_frame_per_latent_frame(video, 6, "cpu")
+    assert picked.is_contiguous() and picked[:, 0, 0, 0].tolist() == [0, 4, 8, 12, 16, 20]
+
+
 def test_pruner_batch_of_two(raw):
     z = torch.cat([raw, raw.flip(-1)])
     r = prune({"samples": z})
