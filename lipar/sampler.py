@@ -181,6 +181,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     attention: a strategy to use instead of ``choose_attention(device, config.backend)`` (tests and
               benchmarks compare kernels with it; see ``lipar.attention``).
     """
+    entered = time.perf_counter()
     config = (config or SamplerConfig()).validate()
     check_latent(latent, what="latent")
     b, c, t, h, w = latent.shape
@@ -254,7 +255,8 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             "capture_seconds": round(getattr(runner, "capture_seconds", 0.0), 4),
             "window_frames": config.window_frames, "sink_frames": config.sink_frames,
             "window_rolls": config.window.evicts(t, config.chunk_frames), "window_kept_tokens": window_kept,
-            "kv_cache_bytes": kv_cache_bytes, "chunk_seconds": clock.seconds()}
+            "kv_cache_bytes": kv_cache_bytes, "chunk_seconds": clock.seconds(),
+            "setup_seconds": round(start - entered, 4)}
     if plan is not None:
         info.update(plan.stats())
     return SampleResult(out.to(latent.device, latent.dtype), seconds, total, progress.tokens, tokens_full, info, plan)

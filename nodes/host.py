@@ -58,6 +58,30 @@ def intermediate_device(default: torch.device | str = "cpu") -> torch.device:
     return torch.device(default)
 
 
+def output_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """A tensor to copy a node's output into, on ``device`` (default: ComfyUI's intermediate device).
+
+    On the CPU it is ``torch.zeros``: PyTorch's threads touch its fresh pages in parallel. A GPU-to-host
+    copy into ``torch.empty`` memory faults them in one at a time on the copying thread, which made
+    the copy the slowest part of a node (a 388 MB IMAGE, 832x480x81: ~0.15 s of page faults on one
+    thread, ~8x less spread over 16)."""
+    device = intermediate_device() if device is None else torch.device(device)
+    if device.type == "cpu":
+        return torch.zeros(shape, dtype=dtype)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def to_intermediate(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x.to(intermediate_device(), dtype)``, copied into an ``output_tensor`` (see there) when it moves."""
+    device, dtype = intermediate_device(), dtype or x.dtype
+    if x.device == device:
+        return x.to(dtype)
+    dest = output_tensor(tuple(x.shape), dtype, device)
+    dest.copy_(x)
+    return dest
+
+
 def compute_device() -> torch.device:
     """ComfyUI's main compute device (its GPU), or the CPU outside ComfyUI."""
     mm = model_management()

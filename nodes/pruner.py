@@ -139,7 +139,7 @@ class LatentInterFramePruner:
         out[PLAN_KEY] = plan.to("cpu")
         stats = plan_stats(out[PLAN_KEY])
         clock.mark("stats")
-        preview = preview.to(host.intermediate_device())       # while the animation is encoded
+        preview = host.to_intermediate(preview)               # while the animation is encoded
         clock.mark("output")
         ui_entry = ui_image.result()
         clock.mark("animation")

@@ -177,7 +177,7 @@ class SelfForcingSampler:
         graphs_kept = host.keep_graphs(model, device, needed)
         if result.info.get("cuda_graphs") and not graphs_kept:
             release_graphs(module)
-        out_samples = process_out(restored.to(host.intermediate_device(), torch.float32))
+        out_samples = process_out(host.to_intermediate(restored, torch.float32))
 
         out = {k: v for k, v in latent.items() if k != PLAN_KEY}
         out["samples"] = out_samples
@@ -212,6 +212,7 @@ class SelfForcingSampler:
             # where the node's own time went: checks, ComfyUI's model loading, lipar.sample (its host-side set-up
             # included), previews/restore/copy-out after it
             "node_seconds": clock.seconds,
+            "setup_seconds": ri.get("setup_seconds"),   # of sample_call: lipar.sample's host-side set-up
             "note": run_note(result.plan, patch_options, mode, ri),
         }
         info["details"] = {"ran": f"{info['path']}, {info['kernels']} kernels, {info['attention']} attention",

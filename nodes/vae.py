@@ -89,20 +89,24 @@ def _release(mm: Any) -> None:
 POST_FRAMES = 16     # frames scaled on the GPU at a time (bounds the float32 temporaries to ~16 frames)
 
 
-def _frames_to_device(vae: Any, video: torch.Tensor) -> torch.Tensor:
-    """``vae.process_input(video).to(vae.vae_dtype)`` on the VAE's device: video [b, C, T, H, W] (host).
-    ComfyUI scales on the host; the same float32 ops run here on the GPU, a few frames at a time (no
-    passes over the whole clip on the CPU, float32 temporaries of ~16 frames)."""
-    x = torch.empty(video.shape, dtype=vae.vae_dtype, device=vae.device)
-    for t in range(0, video.shape[2], POST_FRAMES):
-        x[:, :, t:t + POST_FRAMES] = vae.process_input(video[:, :, t:t + POST_FRAMES].to(vae.device))
+def _frames_to_device(vae: Any, frames: torch.Tensor) -> torch.Tensor:
+    """``vae.process_input(video).to(vae.vae_dtype)`` on the VAE's device, where ``video`` [b, C, T, H, W] is
+    ``frames`` [b, T, H, W, C] (host, IMAGE layout) with the channels moved to axis 1, as ComfyUI's VAE Encode
+    moves them. ComfyUI moves and scales on the host; here each slice of frames crosses as it lies (a plain
+    copy, not a transposing one) and the same float32 ops run on the GPU, a few frames at a time."""
+    b, t, h, w, c = frames.shape
+    x = torch.empty((b, c, t, h, w), dtype=vae.vae_dtype, device=vae.device)
+    for t0 in range(0, t, POST_FRAMES):
+        part = frames[:, t0:t0 + POST_FRAMES].to(vae.device).movedim(-1, 1)    # [b, C, f, H, W]
+        x[:, :, t0:t0 + POST_FRAMES] = vae.process_input(part)
     return x
 
 
 def _frames_to_host(vae: Any, out: torch.Tensor, dest: torch.Tensor) -> None:
     """``vae.process_output`` of decoded frames ``out`` [b, C, T, H, W] (on the GPU) into ``dest`` [b, T, H, W, C]
-    (on ComfyUI's intermediate device). ComfyUI converts and scales on the host; the same float32 ops run
-    here on the GPU, a few frames at a time, each slice laid out as IMAGE frames and copied across once."""
+    (on ComfyUI's intermediate device, a ``host.output_tensor``). ComfyUI converts and scales on the host; the
+    same float32 ops run here on the GPU, a few frames at a time, each slice laid out as IMAGE frames and copied
+    across once."""
     for t in range(0, out.shape[2], POST_FRAMES):
         part = vae.process_output(out[:, :, t:t + POST_FRAMES].float()).movedim(1, -1)
         dest[:, t:t + POST_FRAMES].copy_(part)
@@ -133,25 +137,27 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     if model is None and not video_vae(vae):
         return vae.encode(pixels)
     vae.throw_exception_if_invalid()
-    video = vae.vae_encode_crop_pixels(pixels).movedim(-1, 1)       # [N, C, H, W], cropped to multiples of 8
-    if video.ndim < 5:
-        video = video.movedim(1, 0).unsqueeze(0)                       # [1, C, N, H, W]: the frames are time
-    memory = int(vae.memory_used_encode(video.shape, vae.vae_dtype))
+    frames = vae.vae_encode_crop_pixels(pixels)                         # [N, H, W, C], cropped to multiples of 8
+    if frames.ndim < 5:
+        frames = frames.unsqueeze(0)                                    # [1, N, H, W, C]: the frames are time
+    b, t, h, w, c = frames.shape
+    shape = (b, c, t, h, w)                                             # what the VAE module takes
+    memory = int(vae.memory_used_encode(shape, vae.vae_dtype))
     if model is not None:
-        memory = max(memory, working_memory(model, tuple(video.shape), "encode", CONFIG, vae.vae_dtype))
+        memory = max(memory, working_memory(model, shape, "encode", CONFIG, vae.vae_dtype))
     on_chunk = _chunk_callback()
     samples: list[torch.Tensor] = []
 
     def run(i: int, step: int) -> None:
-        x = _frames_to_device(vae, video[i:i + step])
+        x = _frames_to_device(vae, frames[i:i + step])
         with user_errors():
             z = wan_encode(model, x, CONFIG, on_chunk) if model is not None else vae.first_stage_model.encode(x)
         out = z.to(vae.output_device).float()
         if not samples:
-            samples.append(torch.empty((video.shape[0],) + tuple(out.shape[1:]), device=vae.output_device))
+            samples.append(torch.empty((b,) + tuple(out.shape[1:]), device=vae.output_device))
         samples[0][i:i + step] = out
 
-    if not _in_batches(vae, memory, video.shape[0], run, "encode"):
+    if not _in_batches(vae, memory, b, run, "encode"):
         return vae.encode(pixels)
     return samples[0]
 
@@ -174,8 +180,8 @@ def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
         with user_errors():                                                 # [b, C, T, H, W] on the GPU
             out = wan_decode(model, z, CONFIG, on_chunk) if model is not None else vae.first_stage_model.decode(z)
         if not pixels:
-            pixels.append(torch.empty((latent.shape[0], out.shape[2], *out.shape[3:], out.shape[1]),
-                                      device=vae.output_device))            # [B, T, H, W, C]
+            pixels.append(host.output_tensor((latent.shape[0], out.shape[2], *out.shape[3:], out.shape[1]),
+                                             device=vae.output_device))     # [B, T, H, W, C]
         _frames_to_host(vae, out, pixels[0][i:i + step])
 
     if not _in_batches(vae, memory, latent.shape[0], run, "decode"):

@@ -284,6 +284,7 @@ def test_pruner_reports_its_stages_and_waits_for_its_animation(raw, frames, temp
     (stats,) = r["ui"]["lipar_stats"]
     assert list(stats["node_seconds"]) == ["plan_and_preview", "stats", "output", "animation"]
     assert all(v >= 0 for v in stats["node_seconds"].values())
+    assert r["result"][1].device.type == "cpu" and r["result"][1].shape == (6, 64, 96, 3)
     from PIL import Image
     with Image.open(temp_dir / r["ui"]["images"][0]["filename"]) as anim:
         assert anim.n_frames == 6

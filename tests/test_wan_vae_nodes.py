@@ -136,6 +136,33 @@ def test_other_video_vaes_run_their_own_module_with_device_side_scaling(caplog, 
     assert "not a Wan2.1 VAE" in caplog.text and "no `conv1`" in caplog.text and "_TinyVideoVAE module" in caplog.text
 
 
+def test_decoded_frames_land_in_a_prefaulted_host_tensor(monkeypatch):
+    """The decoded IMAGE is copied into ``host.output_tensor`` (its pages touched by all of PyTorch's
+    threads first), not into a fresh ``torch.empty`` that the copy faults in page by page."""
+    made = []
+    real = vae_nodes.host.output_tensor
+
+    def spy(*a, **k):
+        made.append(real(*a, **k))
+        return made[-1]
+    monkeypatch.setattr(vae_nodes.host, "output_tensor", spy)
+    torch.manual_seed(0)
+    vae = FakeVAE(_TinyVideoVAE())
+    (images,) = Decode().decode({"samples": torch.randn(1, 16, 5, 2, 3)}, vae)
+    assert len(made) == 1 and images.data_ptr() == made[0].data_ptr()
+
+
+def test_cropped_frames_cross_to_the_device_as_they_lie(monkeypatch):
+    """Frames go to the VAE's device in their IMAGE layout and the channels move there: a cropped (strided)
+    clip gives the same latent as ComfyUI's host-side movedim."""
+    monkeypatch.setattr(vae_nodes, "POST_FRAMES", 3)
+    torch.manual_seed(0)
+    vae = FakeVAE(_TinyVideoVAE())
+    pixels = _pixels(7, 19, 29)                          # cropped to 16x24 with offsets (1, 2)
+    (latent,) = Encode().encode(pixels, vae)
+    assert torch.equal(latent["samples"], _comfy_generic(vae, "encode", pixels))
+
+
 def test_image_vaes_go_to_comfyuis_vae_unchanged(caplog):
     vae = FakeVAE(_TinyVideoVAE())
     vae.latent_dim = 2                                   # an image VAE
