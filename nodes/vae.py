@@ -20,7 +20,7 @@ import torch
 from . import host
 from ..lipar.wan_vae import WanVAEConfig, check, decode as wan_decode, encode as wan_encode, working_memory
 from ..lipar.errors import LiparError
-from .common import CATEGORY, latent_samples, log, user_errors
+from .common import CATEGORY, StageClock, latent_samples, log, user_errors
 
 CONFIG = WanVAEConfig()       # the runner's measured defaults (benchmarks/wan_vae.py)
 
@@ -147,18 +147,24 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
         memory = max(memory, working_memory(model, shape, "encode", CONFIG, vae.vae_dtype))
     on_chunk = _chunk_callback()
     samples: list[torch.Tensor] = []
+    clock = StageClock()
 
     def run(i: int, step: int) -> None:
+        clock.mark("load")
         x = _frames_to_device(vae, frames[i:i + step])
+        clock.mark("to_device")
         with user_errors():
             z = wan_encode(model, x, CONFIG, on_chunk) if model is not None else vae.first_stage_model.encode(x)
         out = z.to(vae.output_device).float()
         if not samples:
             samples.append(torch.empty((b,) + tuple(out.shape[1:]), device=vae.output_device))
         samples[0][i:i + step] = out
+        clock.mark("module")
 
     if not _in_batches(vae, memory, b, run, "encode"):
         return vae.encode(pixels)
+    log.info("LIPAR Wan VAE encode: %d frames in %.3f s (%s)", t * b, sum(clock.seconds.values()),
+             ", ".join(f"{k} {v:.3f}" for k, v in clock.seconds.items()))
     return samples[0]
 
 
@@ -174,18 +180,27 @@ def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
         memory = max(memory, working_memory(model, tuple(latent.shape), "decode", CONFIG, vae.vae_dtype))
     on_chunk = _chunk_callback()
     pixels: list[torch.Tensor] = []
+    clock = StageClock()
 
     def run(i: int, step: int) -> None:
+        clock.mark("load")
         z = latent[i:i + step].to(vae.vae_dtype).to(vae.device)
         with user_errors():                                                 # [b, C, T, H, W] on the GPU
             out = wan_decode(model, z, CONFIG, on_chunk) if model is not None else vae.first_stage_model.decode(z)
+        if out.is_cuda:
+            torch.cuda.current_stream(out.device).synchronize()            # the copies below wait for it anyway
+        clock.mark("module")
         if not pixels:
             pixels.append(host.output_tensor((latent.shape[0], out.shape[2], *out.shape[3:], out.shape[1]),
                                              device=vae.output_device))     # [B, T, H, W, C]
+        clock.mark("allocate")
         _frames_to_host(vae, out, pixels[0][i:i + step])
+        clock.mark("to_host")
 
     if not _in_batches(vae, memory, latent.shape[0], run, "decode"):
         return vae.decode(latent)
+    log.info("LIPAR Wan VAE decode: %d frames in %.3f s (%s)", pixels[0].shape[0] * pixels[0].shape[1],
+             sum(clock.seconds.values()), ", ".join(f"{k} {v:.3f}" for k, v in clock.seconds.items()))
     return pixels[0]
 
 
