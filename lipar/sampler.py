@@ -16,6 +16,7 @@ kept tokens are computed; the returned latent holds zeros at pruned positions un
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -190,6 +191,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
         device = next(module.parameters()).device
     device = torch.device(device)
     dtype = config.dtype or default_dtype(device)
+    steps = config.resolved_steps()
     window_kept = 0
     if plan is not None:
         plan.check_latent(latent, config.chunk_frames)
@@ -197,6 +199,10 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     use_graphs, graphs_note = _graphs_decision(config.cuda_graphs, module, device)
     check_backend(config.backend, device)
     fp8 = _fp8_policy(config.fp8, module, device, dtype)
+    # All noise up front from a seeded CPU generator: the same seed gives the same video on any
+    # device. Made in a worker thread (PyTorch releases the GIL) while the runner is set up.
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    noise_job = _WORKER.submit(_noise, (len(steps), b, c, t, h, w), int(config.seed), state_dtype, device)
     if use_graphs:
         from .graphs import GraphedCausalWan
         runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention,
@@ -206,20 +212,16 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     if runner.cfg.in_dim != c:
         raise LiparError(f"The latent has {c} channels but the model takes {runner.cfg.in_dim}.")
 
-    steps = config.resolved_steps()
     sig = sigmas(steps, config.shift)
     spans = chunk_spans(t, config.chunk_frames)
     cache_passes = len(spans) - 1      # the last chunk's cache pass would feed no later chunk
     total = b * (len(spans) * len(steps) + cache_passes)
-    # All noise up front from a seeded CPU generator: the same seed gives the same video on any
-    # device. Noise, source and output stay on the host (pinned for CUDA); each chunk's slices
-    # move to the device as it runs, so device memory does not grow with the video's length.
-    gen = torch.Generator().manual_seed(int(config.seed))
-    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    noise = _host(torch.randn((len(steps), b, c, t, h, w), generator=gen).to(state_dtype), device)
+    # Noise, source and output stay on the host (pinned for CUDA); each chunk's slices move to the
+    # device as it runs, so device memory does not grow with the video's length.
     src = _host(latent.detach().to("cpu", state_dtype), device)
     out = _host(torch.zeros_like(src), device)
 
+    noise = noise_job.result()
     progress = _Progress(on_pass, total)
     clock = _ChunkClock(device)
     if device.type == "cuda":
@@ -260,6 +262,16 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     if plan is not None:
         info.update(plan.stats())
     return SampleResult(out.to(latent.device, latent.dtype), seconds, total, progress.tokens, tokens_full, info, plan)
+
+
+_WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipar-noise")
+
+
+def _noise(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[steps, B, C, T, H, W] standard normal noise from a CPU generator seeded with ``seed``, in host
+    memory ``device`` copies from without blocking."""
+    gen = torch.Generator().manual_seed(seed)
+    return _host(torch.randn(shape, generator=gen).to(dtype), device)
 
 
 def _host(x: torch.Tensor, device: torch.device) -> torch.Tensor:

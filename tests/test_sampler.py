@@ -29,6 +29,26 @@ def test_same_seed_same_output_other_seed_differs(model, clip):
     assert not torch.allclose(a, c)
 
 
+def test_noise_is_the_seeded_cpu_noise_made_in_a_worker_thread(model, clip, monkeypatch):
+    """The noise comes from a CPU generator seeded with the run's seed (the same video on any device),
+    made in a worker thread while the runner is set up."""
+    import threading
+
+    import lipar.sampler as sampler_mod
+    made = []
+    real = sampler_mod._noise
+
+    def spy(shape, seed, dtype, device):
+        made.append((threading.current_thread().name, shape, seed))
+        return real(shape, seed, dtype, device)
+    monkeypatch.setattr(sampler_mod, "_noise", spy)
+    r = lipar.sample(model, CTX, clip, config=lipar.SamplerConfig(seed=7))
+    (name, shape, seed), = made
+    assert name.startswith("lipar-noise") and seed == 7 and shape == (len(r.info["steps"]),) + tuple(clip.shape)
+    want = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(real(shape, 7, torch.float32, torch.device("cpu")), want)
+
+
 @pytest.mark.parametrize("mode", ["none", "m_degree", "noise_aware"])
 @pytest.mark.parametrize("form", ["exact", "compressed"])
 def test_noop_plans_equal_unpruned(model, clip, mode, form):
