@@ -36,7 +36,7 @@ def fast_model(vae: Any, what: str) -> torch.nn.Module | None:
         check(model)
     except LiparError as e:
         log.info("LIPAR Wan VAE %s: not a Wan2.1 VAE (%s); running ComfyUI's %s module (pixel scaling on the GPU).",
-                 what, getattr(e, "reason", e), type(model).__name__)
+                 what, str(getattr(e, "reason", e)).rstrip("."), type(model).__name__)
         return None
     return model
 

@@ -76,13 +76,14 @@ def test_video_is_deterministic_and_depends_on_the_seed():
 def test_graph_specs_cover_every_combination_once():
     specs = wg.graph_specs()
     names = [s["name"] for s in specs]
-    assert len(names) == 18 and len(set(names)) == 18
+    assert len(names) == 20 and len(set(names)) == 20
     lipar = [s for s in specs if s["sampler"] == "lipar"]
     assert {(s["vae_encode"], s["vae_decode"], s["target_prune"]) for s in lipar} == {
-        (e, d, t) for e, d in [("wan", "wan"), ("wanfast", "wanfast"), ("tiny", "tiny"), ("tiny", "wan"), ("wan", "tiny")]
+        (e, d, t) for e, d in [("wan", "wan"), ("wanfast", "wanfast"), ("tiny", "tiny"), ("tinyfast", "tinyfast"),
+                               ("tiny", "wan"), ("wan", "tiny")]
         for t in (None, 0.338, 0.5)}
     core = [s for s in specs if s["sampler"] == "core_ar"]
-    assert {(s["vae_encode"], s["vae_decode"]) for s in core} == {("wan", "wan"), ("wanfast", "wanfast"), ("tiny", "tiny")}
+    assert {(s["vae_encode"], s["vae_decode"]) for s in core} == {("wan", "wan"), ("tiny", "tiny")}   # ComfyUI's VAE nodes
     assert all(s["target_prune"] is None for s in core)
     assert "lipar-tiny-wan-p33.8" in names and "lipar-wan-tiny-p50" in names and "core_ar-wan-wan-unpruned" in names
 
@@ -92,7 +93,7 @@ def test_select_graphs_by_name_and_pattern():
     assert wg.select_graphs(specs, "") == specs
     got = [s["name"] for s in wg.select_graphs(specs, "lipar-wan-wan-*, core_ar-tiny-tiny-unpruned")]
     assert got == ["lipar-wan-wan-unpruned", "lipar-wan-wan-p33.8", "lipar-wan-wan-p50", "core_ar-tiny-tiny-unpruned"]
-    assert len(wg.select_graphs(specs, "*-p50")) == 5
+    assert len(wg.select_graphs(specs, "*-p50")) == 6
     with pytest.raises(ValueError, match="lipar-nope"):
         wg.select_graphs(specs, "lipar-wan-wan-*,lipar-nope")
 
@@ -179,6 +180,5 @@ def test_cli_rejects_bad_options():
     with pytest.raises(SystemExit):
         wg.parse_args(["--extras", "previews,coffee"])
     a = wg.parse_args(["--only", "core_ar-*", "--extras", "none"])
-    assert [s["name"] for s in a.graphs] == ["core_ar-wan-wan-unpruned", "core_ar-wanfast-wanfast-unpruned",
-                                             "core_ar-tiny-tiny-unpruned"]
+    assert [s["name"] for s in a.graphs] == ["core_ar-wan-wan-unpruned", "core_ar-tiny-tiny-unpruned"]
     assert a.extra_list == []
