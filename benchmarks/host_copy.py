@@ -10,7 +10,8 @@ times, for such a clip on the GPU (wall seconds, median of --repeat, after one w
   of 16 frames, as VAE Decode (fast) copies;
 - ``d2h_pinned``: into pinned memory (PyTorch's caching host allocator, warm);
 - ``h2d_image``: the clip from pageable host memory to the GPU (whole, and in 16-frame slices);
-- ``webp_<side>``: ``lipar.preview.write_animation`` of the pruner's 21-frame preview (a smooth moving
+- ``webp_<side>``: ``lipar.preview.write_animation`` (frames encoded in parallel, ``webp_animation``) of the
+  pruner's 21-frame preview, against ``pillow_anim_webp_<side>``, Pillow's animation encoder (a smooth moving
   synthetic clip, pruned patches tinted) downscaled so its longer side is ``side`` pixels; for the first
   side also encoded in a worker thread while the main thread copies the full-size preview out, as the
   pruner node runs it (``webp_<side>_with_output_copy``, against ``output_copy_alone``).
@@ -30,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from bench_io import save_result  # noqa: E402  (benchmarks/bench_io.py)
@@ -106,6 +108,10 @@ def main() -> None:
             rows[f"webp_{side}"] = wall(lambda: write_animation(pixels, path, fps=4.0, effort=0), args.repeat,
                                         lambda: None)
             rows[f"webp_{side}_bytes"] = os.path.getsize(path)
+            frames = [Image.fromarray(img) for img in pixels]
+            rows[f"pillow_anim_webp_{side}"] = wall(lambda: frames[0].save(
+                path, save_all=True, append_images=frames[1:], duration=250, loop=0, lossless=False, quality=80,
+                method=0), args.repeat, lambda: None)
             if cuda and side == int(args.sides.split(",")[0]):
                 # as the pruner node runs it: encoded in a worker thread while the main thread copies its IMAGE out
                 out_shape = (latent_frames, args.height, args.width, 3)

@@ -103,16 +103,77 @@ def animation_pixels(images: torch.Tensor):
     return (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def write_animation(pixels, path: str, fps: float = 8.0, effort: int = 4) -> str:
+def write_animation(pixels, path: str, fps: float = 8.0, effort: int = 4, threads: int | None = None) -> str:
     """Write uint8 pixels ``[N, H, W, 3]`` as an animated image (Pillow picks the format from the
-    extension; WEBP ``effort`` 0-6: 0 encodes ~2x faster than 4, a little larger). Pillow's encoder
-    releases the GIL, so this can run in a worker thread while the caller goes on."""
+    extension; WEBP ``effort`` 0-6: 0 encodes ~2x faster than 4, a little larger). A ``.webp`` is made
+    by ``webp_animation``: its frames are encoded in parallel (Pillow releases the GIL)."""
+    if path.lower().endswith(".webp"):
+        with open(path, "wb") as f:
+            f.write(webp_animation(pixels, fps=fps, effort=effort, threads=threads))
+        return path
     from PIL import Image
 
     frames = [Image.fromarray(img) for img in pixels]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0, lossless=False,
                    quality=80, method=effort)
     return path
+
+
+def webp_animation(pixels, fps: float = 8.0, effort: int = 4, quality: int = 80, threads: int | None = None) -> bytes:
+    """An animated WEBP (looping, every frame a full key frame) of uint8 pixels ``[N, H, W, 3]``.
+
+    Each frame is encoded as a still lossy WEBP by Pillow on its own thread, and the frames' bitstreams
+    are put into one animation container (RIFF ``WEBP``: ``VP8X`` with the animation flag, ``ANIM``,
+    one ``ANMF`` per frame; Google's WebP container specification). Pillow's animation encoder works
+    frame after frame on one thread; this takes the pruner's 21-frame preview from ~0.1 s to about
+    that over the number of cores."""
+    from concurrent.futures import ThreadPoolExecutor
+    import io
+    import os
+    import struct
+
+    from PIL import Image
+
+    n, h, w = pixels.shape[:3]
+
+    def still(img) -> list[tuple[bytes, bytes]]:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "WEBP", quality=quality, method=effort, lossless=False)
+        return [c for c in _riff_chunks(buf.getvalue()) if c[0] in (b"ALPH", b"VP8 ", b"VP8L")]
+
+    workers = max(1, min(n, threads or os.cpu_count() or 1, 16))
+    with ThreadPoolExecutor(workers, thread_name_prefix="lipar-webp") as pool:
+        frames = list(pool.map(still, pixels))
+    alpha = any(tag == b"ALPH" for chunks in frames for tag, _ in chunks)
+    u24 = lambda v: struct.pack("<I", v)[:3]     # noqa: E731  (little-endian 24-bit field)
+    duration = max(1, min(round(1000 / fps), 0xFFFFFF))
+    body = _chunk(b"VP8X", bytes([0x02 | (0x10 if alpha else 0)]) + b"\0\0\0" + u24(w - 1) + u24(h - 1))
+    body += _chunk(b"ANIM", b"\0\0\0\0" + struct.pack("<H", 0))          # background, loop forever
+    for chunks in frames:
+        header = u24(0) + u24(0) + u24(w - 1) + u24(h - 1) + u24(duration) + bytes([0x02])   # full frame, no blending
+        body += _chunk(b"ANMF", header + b"".join(_chunk(tag, data) for tag, data in chunks))
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    """A RIFF chunk: tag, little-endian size, data, padded to an even length."""
+    import struct
+
+    return tag + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
+
+
+def _riff_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (tag, payload) chunks of a RIFF ``WEBP`` file."""
+    import struct
+
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise LiparError("Pillow did not write a WEBP image.")
+    out, i = [], 12
+    while i + 8 <= len(data):
+        size = struct.unpack("<I", data[i + 4:i + 8])[0]
+        out.append((data[i:i + 4], data[i + 8:i + 8 + size]))
+        i += 8 + size + (size % 2)
+    return out
 
 
 def save_animation(images: torch.Tensor, path: str, fps: float = 8.0, effort: int = 4) -> str:
