@@ -340,3 +340,13 @@ def test_fp8_compute_close_to_bf16_and_graphs_equal_eager(pruned):
     # a second graph run reuses the graphs and the fp8 weights, refreshed in place
     again = run(fp8="on", cuda_graphs=True)
     assert torch.equal(again.latent, graph8.latent)
+
+
+def test_cuda_runs_draw_the_seeded_cpu_noise_into_pinned_memory():
+    """The noise of a CUDA run is the seeded CPU generator's, drawn straight into pinned host memory."""
+    from lipar.sampler import _noise
+
+    shape = (3, 1, 16, 5, 6, 8)
+    noise = _noise(shape, 11, torch.float32, torch.device("cuda"))
+    assert noise.is_pinned() and noise.device.type == "cpu"
+    assert torch.equal(noise, torch.randn(shape, generator=torch.Generator().manual_seed(11)))
