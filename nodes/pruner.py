@@ -16,8 +16,9 @@ from ..lipar.plan import PlanConfig, build_plan
 from ..lipar.validate import check_latent
 from .common import CATEGORY, PLAN_KEY, StageClock, latent_samples, log, user_errors
 
-PREVIEW_MAX_SIDE = 320   # the in-node animation is downscaled to this (the IMAGE output keeps full size): WEBP encodes of
-#                          21 frames took 140 ms at 384 px, 106 at 320, 78 at 256 (H200 host, results/h200_host_copy.json)
+PREVIEW_MAX_SIDE = 384   # the in-node animation is downscaled to this (the node is ~380 px wide; the IMAGE output keeps
+#                          full size). 21 frames encode in 17 ms at 384 px, 16.5 at 320 (frames in parallel; Pillow's
+#                          animation encoder took 135 / 96 ms; H200 host, results/h200_host_copy.json)
 _DEFAULTS = PlanConfig()   # widget defaults are the library's measured defaults
 LATENT_FPS = 4.0         # the in-node animation shows one frame per latent frame (4 video frames)
 _ENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipar-preview")   # Pillow releases the GIL
