@@ -30,6 +30,7 @@ from .errors import LiparError
 from .plan import PruningPlan, restrict_to_window
 from .recovery import build_layouts, check_recovery
 from .schedule import EDITING_STEPS, GENERATION_STEPS, check_shift, parse_steps, sigmas
+from .timing import StageClock
 from .validate import check_latent
 
 MODES = ("edit", "generate")
@@ -182,7 +183,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     attention: a strategy to use instead of ``choose_attention(device, config.backend)`` (tests and
               benchmarks compare kernels with it; see ``lipar.attention``).
     """
-    entered = time.perf_counter()
+    setup = StageClock()
     config = (config or SamplerConfig()).validate()
     check_latent(latent, what="latent")
     b, c, t, h, w = latent.shape
@@ -199,6 +200,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     use_graphs, graphs_note = _graphs_decision(config.cuda_graphs, module, device)
     check_backend(config.backend, device)
     fp8 = _fp8_policy(config.fp8, module, device, dtype)
+    setup.mark("checks")
     # All noise up front from a seeded CPU generator: the same seed gives the same video on any
     # device. Made in a worker thread (PyTorch releases the GIL) while the runner is set up.
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -211,6 +213,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
         runner = CausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention, fp8=fp8)
     if runner.cfg.in_dim != c:
         raise LiparError(f"The latent has {c} channels but the model takes {runner.cfg.in_dim}.")
+    setup.mark("runner")
 
     sig = sigmas(steps, config.shift)
     spans = chunk_spans(t, config.chunk_frames)
@@ -220,12 +223,14 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     # device as it runs, so device memory does not grow with the video's length.
     src = _host(latent.detach().to("cpu", state_dtype), device)
     out = _host(torch.zeros_like(src), device)
-
+    setup.mark("host_buffers")
     noise = noise_job.result()
+    setup.mark("noise_wait")
     progress = _Progress(on_pass, total)
     clock = _ChunkClock(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    setup.mark("sync")
     start = time.perf_counter()
     finite = []
     try:
@@ -258,7 +263,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             "window_frames": config.window_frames, "sink_frames": config.sink_frames,
             "window_rolls": config.window.evicts(t, config.chunk_frames), "window_kept_tokens": window_kept,
             "kv_cache_bytes": kv_cache_bytes, "chunk_seconds": clock.seconds(),
-            "setup_seconds": round(start - entered, 4)}
+            "setup_seconds": round(sum(setup.seconds.values()), 4), "setup": setup.seconds}
     if plan is not None:
         info.update(plan.stats())
     return SampleResult(out.to(latent.device, latent.dtype), seconds, total, progress.tokens, tokens_full, info, plan)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import Any
 
 import torch
@@ -29,21 +28,6 @@ def user_errors():
         yield
     except LiparError as e:
         raise ValueError(str(e)) from None
-
-
-class StageClock:
-    """Where a node's own time goes: ``mark(name)`` ends a stage begun at the previous mark (or at
-    creation); ``seconds`` maps stage names to wall seconds. GPU work is counted in the stage that
-    waits for it."""
-
-    def __init__(self):
-        self._last = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    def mark(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 4)
-        self._last = now
 
 
 def latent_samples(latent: Any, what: str = "latent") -> torch.Tensor:

@@ -13,8 +13,9 @@ from . import host
 from ..lipar.preview import animation_pixels, fit_frames, mask_preview, one_frame_per_latent_frame, write_animation
 from ..lipar.latents import normalize_wan21
 from ..lipar.plan import PlanConfig, build_plan
+from ..lipar.timing import StageClock
 from ..lipar.validate import check_latent
-from .common import CATEGORY, PLAN_KEY, StageClock, latent_samples, log, user_errors
+from .common import CATEGORY, PLAN_KEY, latent_samples, log, user_errors
 
 PREVIEW_MAX_SIDE = 384   # the in-node animation is downscaled to this (the node is ~380 px wide; the IMAGE output keeps
 #                          full size). 21 frames encode in 17 ms at 384 px, 16.5 at 320 (frames in parallel; Pillow's

@@ -14,8 +14,9 @@ from ..lipar.latents import denormalize_wan21, normalize_wan21
 from ..lipar.restore import restore_latent
 from ..lipar.sampler import MODES as SAMPLER_MODES, SamplerConfig, sample
 from ..lipar.schedule import EDITING_STEPS, parse_steps
+from ..lipar.timing import StageClock
 from ..lipar.validate import check_latent
-from .common import (CATEGORY, PLAN_KEY, StageClock, compute_dtype, conditioning_context, cuda_graphs_allowed,
+from .common import (CATEGORY, PLAN_KEY, compute_dtype, conditioning_context, cuda_graphs_allowed,
                      diffusion_model, latent_plan, latent_samples, lipar_options, log, model_device, user_errors)
 from .patch import DEFAULT_OPTIONS
 
@@ -213,6 +214,7 @@ class SelfForcingSampler:
             # included), previews/restore/copy-out after it
             "node_seconds": clock.seconds,
             "setup_seconds": ri.get("setup_seconds"),   # of sample_call: lipar.sample's host-side set-up
+            "setup": ri.get("setup"),                   # ... by stage
             "note": run_note(result.plan, patch_options, mode, ri),
         }
         info["details"] = {"ran": f"{info['path']}, {info['kernels']} kernels, {info['attention']} attention",

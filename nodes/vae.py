@@ -20,7 +20,8 @@ import torch
 from . import host
 from ..lipar.wan_vae import WanVAEConfig, check, decode as wan_decode, encode as wan_encode, working_memory
 from ..lipar.errors import LiparError
-from .common import CATEGORY, StageClock, latent_samples, log, user_errors
+from ..lipar.timing import StageClock
+from .common import CATEGORY, latent_samples, log, user_errors
 
 CONFIG = WanVAEConfig()       # the runner's measured defaults (benchmarks/wan_vae.py)
 

@@ -44,6 +44,8 @@ def test_noise_is_the_seeded_cpu_noise_made_in_a_worker_thread(model, clip, monk
     monkeypatch.setattr(sampler_mod, "_noise", spy)
     r = lipar.sample(model, CTX, clip, config=lipar.SamplerConfig(seed=7))
     (name, shape, seed), = made
+    assert list(r.info["setup"]) == ["checks", "runner", "host_buffers", "noise_wait", "sync"]
+    assert r.info["setup_seconds"] == pytest.approx(sum(r.info["setup"].values()), abs=1e-3)
     assert name.startswith("lipar-noise") and seed == 7 and shape == (len(r.info["steps"]),) + tuple(clip.shape)
     want = torch.randn(shape, generator=torch.Generator().manual_seed(7))
     assert torch.equal(real(shape, 7, torch.float32, torch.device("cpu")), want)
