@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from .errors import LiparError
@@ -127,11 +132,6 @@ def webp_animation(pixels, fps: float = 8.0, effort: int = 4, quality: int = 80,
     one ``ANMF`` per frame; Google's WebP container specification). Pillow's animation encoder works
     frame after frame on one thread; this takes the pruner's 21-frame preview from ~0.1 s to about
     that over the number of cores."""
-    from concurrent.futures import ThreadPoolExecutor
-    import io
-    import os
-    import struct
-
     from PIL import Image
 
     n, h, w = pixels.shape[:3]
@@ -145,27 +145,27 @@ def webp_animation(pixels, fps: float = 8.0, effort: int = 4, quality: int = 80,
     with ThreadPoolExecutor(workers, thread_name_prefix="lipar-webp") as pool:
         frames = list(pool.map(still, pixels))
     alpha = any(tag == b"ALPH" for chunks in frames for tag, _ in chunks)
-    u24 = lambda v: struct.pack("<I", v)[:3]     # noqa: E731  (little-endian 24-bit field)
     duration = max(1, min(round(1000 / fps), 0xFFFFFF))
-    body = _chunk(b"VP8X", bytes([0x02 | (0x10 if alpha else 0)]) + b"\0\0\0" + u24(w - 1) + u24(h - 1))
+    body = _chunk(b"VP8X", bytes([0x02 | (0x10 if alpha else 0)]) + b"\0\0\0" + _u24(w - 1) + _u24(h - 1))
     body += _chunk(b"ANIM", b"\0\0\0\0" + struct.pack("<H", 0))          # background, loop forever
-    for chunks in frames:
-        header = u24(0) + u24(0) + u24(w - 1) + u24(h - 1) + u24(duration) + bytes([0x02])   # full frame, no blending
+    for chunks in frames:     # at (0, 0), full size, the duration, no blending with the previous frame
+        header = _u24(0) + _u24(0) + _u24(w - 1) + _u24(h - 1) + _u24(duration) + bytes([0x02])
         body += _chunk(b"ANMF", header + b"".join(_chunk(tag, data) for tag, data in chunks))
     return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
 
 
+def _u24(v: int) -> bytes:
+    """A little-endian 24-bit field."""
+    return struct.pack("<I", v)[:3]
+
+
 def _chunk(tag: bytes, data: bytes) -> bytes:
     """A RIFF chunk: tag, little-endian size, data, padded to an even length."""
-    import struct
-
     return tag + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
 
 
 def _riff_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     """The (tag, payload) chunks of a RIFF ``WEBP`` file."""
-    import struct
-
     if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         raise LiparError("Pillow did not write a WEBP image.")
     out, i = [], 12
