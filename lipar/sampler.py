@@ -276,8 +276,6 @@ def _noise(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.
     """[steps, B, C, T, H, W] standard normal noise from a CPU generator seeded with ``seed``, in host
     memory ``device`` copies from without blocking."""
     gen = torch.Generator().manual_seed(seed)
-    if device.type == "cuda" and dtype == torch.float32:      # drawn straight into pinned memory: no copy
-        return torch.empty(shape, dtype=dtype, pin_memory=True).normal_(generator=gen)
     return _host(torch.randn(shape, generator=gen).to(dtype), device)
 
 

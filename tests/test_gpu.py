@@ -342,8 +342,8 @@ def test_fp8_compute_close_to_bf16_and_graphs_equal_eager(pruned):
     assert torch.equal(again.latent, graph8.latent)
 
 
-def test_cuda_runs_draw_the_seeded_cpu_noise_into_pinned_memory():
-    """The noise of a CUDA run is the seeded CPU generator's, drawn straight into pinned host memory."""
+def test_cuda_runs_take_the_seeded_cpu_noise_from_pinned_memory():
+    """The noise of a CUDA run is the seeded CPU generator's, in pinned host memory."""
     from lipar.sampler import _noise
 
     shape = (3, 1, 16, 5, 6, 8)
