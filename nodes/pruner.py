@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from . import host
-from ..lipar.preview import animation_pixels, fit_frames, mask_preview, one_frame_per_latent_frame, write_animation
 from ..lipar.latents import normalize_wan21
 from ..lipar.plan import PlanConfig, build_plan
+from ..lipar.preview import animation_pixels, fit_frames, mask_preview, one_frame_per_latent_frame, write_animation
 from ..lipar.timing import StageClock
 from ..lipar.validate import check_latent
 from .common import CATEGORY, PLAN_KEY, latent_samples, log, user_errors
@@ -27,8 +27,8 @@ _ENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipar-preview")
 
 def start_preview(images: torch.Tensor, fps: float) -> Future:
     """Start writing ``images`` [N, H, W, 3] (any device) as an animated WEBP into the temp directory:
-    downscaled on their device and copied across as uint8 now, encoded (Pillow's fastest effort) in a
-    worker thread while the node goes on. The future's result is the ui entry; wait for it before the
+    downscaled on their device and copied across as uint8 now, encoded (Pillow's fastest effort, the
+    frames in parallel: ``lipar.preview.webp_animation``) in a worker thread while the node goes on. The future's result is the ui entry; wait for it before the
     node returns, so the file exists when the front end asks for it."""
     h, w = images.shape[1:3]
     scale = PREVIEW_MAX_SIDE / max(h, w)
