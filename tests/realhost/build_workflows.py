@@ -227,8 +227,9 @@ def build(kind: str) -> tuple[list[N], list[tuple[int, int, int, str, str]], lis
             N(7, "LIPAR_AttentionRecoveryPatch", (380, 660), (300, 130), sockets=[("model", "MODEL")],
               widgets=defaults("LIPAR_AttentionRecoveryPatch"),
               outputs=[("model", "MODEL")]),
-            # below the sampler with room for its panel and appended widgets (its title stays visible)
-            N(12, "PreviewImage", (740, 700), (460, 420), sockets=[("images", "IMAGE")], title="Pruning mask (per frame)"),
+            # no Preview Image on mask_preview: the pruner shows the mask in the node, and writing 21 full-size
+            # PNGs per run cost 0.6 s on a 2-core host (benchmarks/preview_image_cost.py); connect one to look
+            # at single frames
         ]
         links += [
             (4, 0, 5, "latent", "LATENT"),
@@ -236,11 +237,10 @@ def build(kind: str) -> tuple[list[N], list[tuple[int, int, int, str, str]], lis
             (6, 0, 7, "model", "MODEL"),
             (7, 0, 10, "model", "MODEL"),
             (5, 0, 10, "latent", "LATENT"),
-            (5, 1, 12, "images", "IMAGE"),
         ]
         tiny = " (tiny VAE)" if kind == "fast" else ""
         groups = [(f"1 · Source video{tiny}", [1, 2, 3, 4]), ("2 · Models and prompt", [6, 7, 8, 9]),
-                  ("3 · LIPAR: prune and sample", [5, 10, 12]), (f"4 · Output video{tiny}", [13, 14, 15])]
+                  ("3 · LIPAR: prune and sample", [5, 10]), (f"4 · Output video{tiny}", [13, 14, 15])]
     else:
         # the baseline keeps LIPAR's sampler position but has no pruner or patch
         links += [

@@ -116,9 +116,6 @@ def test_lipar_workflow_runs_prunes_and_writes_a_video(comfy, server, runs):
         head = f.read(16)
     assert head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
-    preview = h["outputs"][node_of(api, "PreviewImage")]["images"]
-    assert preview and all(os.path.isfile(server.file_path(i)) for i in preview)
-
     info = h["outputs"][node_of(api, "LIPAR_SelfForcingSampler")]["lipar_sampler"][0]
     print("lipar sampler:", json.dumps(info))
     for key in ("seconds", "fps", "prune_ratio", "recovery", "tokens_computed", "tokens_full", "passes", "note"):
