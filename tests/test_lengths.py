@@ -10,7 +10,7 @@ import torch
 
 import lipar
 from lipar.chunks import KVWindow, chunk_spans
-from lipar.plan import PlanConfig, build_plan, empty_plan, restrict_to_window
+from lipar.plan import build_plan, empty_plan, restrict_to_window
 from tests.reference import reference_sample, window_visibility
 
 
