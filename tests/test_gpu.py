@@ -343,10 +343,11 @@ def test_fp8_compute_close_to_bf16_and_graphs_equal_eager(pruned):
 
 
 def test_cuda_runs_take_the_seeded_cpu_noise_from_pinned_memory():
-    """The noise of a CUDA run is the seeded CPU generator's, in pinned host memory."""
-    from lipar.sampler import _noise
+    """The noise of a CUDA run is the seeded CPU generator's, step by step in pinned host memory."""
+    from lipar.sampler import NoiseSteps
 
     shape = (3, 1, 16, 5, 6, 8)
-    noise = _noise(shape, 11, torch.float32, torch.device("cuda"))
-    assert noise.is_pinned() and noise.device.type == "cpu"
-    assert torch.equal(noise, torch.randn(shape, generator=torch.Generator().manual_seed(11)))
+    noise = NoiseSteps(shape, 11, torch.float32, torch.device("cuda"))
+    steps = [noise.step(i) for i in range(3)]
+    assert all(s.is_pinned() and s.device.type == "cpu" for s in steps)
+    assert torch.equal(torch.stack(steps), torch.randn(shape, generator=torch.Generator().manual_seed(11)))
