@@ -30,7 +30,6 @@ from .errors import LiparError
 from .plan import PruningPlan, restrict_to_window
 from .recovery import build_layouts, check_recovery
 from .schedule import EDITING_STEPS, GENERATION_STEPS, check_shift, parse_steps, sigmas
-from .timing import StageClock
 from .validate import check_latent
 
 MODES = ("edit", "generate")
@@ -183,7 +182,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     attention: a strategy to use instead of ``choose_attention(device, config.backend)`` (tests and
               benchmarks compare kernels with it; see ``lipar.attention``).
     """
-    setup = StageClock()
+    entered = time.perf_counter()
     config = (config or SamplerConfig()).validate()
     check_latent(latent, what="latent")
     b, c, t, h, w = latent.shape
@@ -200,11 +199,10 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     use_graphs, graphs_note = _graphs_decision(config.cuda_graphs, module, device)
     check_backend(config.backend, device)
     fp8 = _fp8_policy(config.fp8, module, device, dtype)
-    setup.mark("checks")
-    # The noise comes from a seeded CPU generator (the same seed gives the same video on any device),
-    # drawn step after step in a worker thread while the runner is set up and the first steps run.
+    # All noise up front from a seeded CPU generator: the same seed gives the same video on any
+    # device. Made in a worker thread (PyTorch releases the GIL) while the runner is set up.
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    noise = NoiseSteps((len(steps), b, c, t, h, w), int(config.seed), state_dtype, device)
+    noise_job = _WORKER.submit(_noise, (len(steps), b, c, t, h, w), int(config.seed), state_dtype, device)
     if use_graphs:
         from .graphs import GraphedCausalWan
         runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention,
@@ -213,7 +211,6 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
         runner = CausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention, fp8=fp8)
     if runner.cfg.in_dim != c:
         raise LiparError(f"The latent has {c} channels but the model takes {runner.cfg.in_dim}.")
-    setup.mark("runner")
 
     sig = sigmas(steps, config.shift)
     spans = chunk_spans(t, config.chunk_frames)
@@ -223,14 +220,12 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     # device as it runs, so device memory does not grow with the video's length.
     src = _host(latent.detach().to("cpu", state_dtype), device)
     out = _host(torch.zeros_like(src), device)
-    setup.mark("host_buffers")
-    noise.step(0)
-    setup.mark("noise_wait")
+
+    noise = noise_job.result()
     progress = _Progress(on_pass, total)
     clock = _ChunkClock(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    setup.mark("sync")
     start = time.perf_counter()
     finite = []
     try:
@@ -238,8 +233,8 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             ctx = context[bi:bi + 1] if context.shape[0] == b else context
             sample_plan = plan.select(bi) if plan is not None else None
             chunk_done = None if on_chunk is None else (lambda ci, x0, bi=bi: on_chunk(bi, ci, x0))
-            ok = _sample_one(runner, ctx, src[bi:bi + 1], lambda i, bi=bi: noise.step(i)[bi:bi + 1], out[bi:bi + 1],
-                             sample_plan, config, sig, cache_passes, progress.at_sample(bi), clock, chunk_done)
+            ok = _sample_one(runner, ctx, src[bi:bi + 1], noise[:, bi:bi + 1], out[bi:bi + 1], sample_plan, config,
+                             sig, cache_passes, progress.at_sample(bi), clock, chunk_done)
             finite.append(ok)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -263,7 +258,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             "window_frames": config.window_frames, "sink_frames": config.sink_frames,
             "window_rolls": config.window.evicts(t, config.chunk_frames), "window_kept_tokens": window_kept,
             "kv_cache_bytes": kv_cache_bytes, "chunk_seconds": clock.seconds(),
-            "setup_seconds": round(sum(setup.seconds.values()), 4), "setup": setup.seconds}
+            "setup_seconds": round(start - entered, 4)}
     if plan is not None:
         info.update(plan.stats())
     return SampleResult(out.to(latent.device, latent.dtype), seconds, total, progress.tokens, tokens_full, info, plan)
@@ -272,27 +267,10 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
 _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipar-noise")
 
 
-class NoiseSteps:
-    """A run's standard normal noise ``[steps, B, C, T, H, W]`` from a CPU generator seeded with ``seed``,
-    drawn one step at a time in a worker thread (PyTorch releases the GIL), each step in host memory
-    ``device`` copies from without blocking (pinned for CUDA). ``step(i)`` waits for step i only: the
-    sampler starts on step 0 while later steps are drawn (an 832x480x81 run's noise is 19M values,
-    ~40 ms on one CPU core).
-
-    The generator's stream is consumed in the same order as one ``torch.randn(shape)``, and every
-    step holds a multiple of 16 values (C = 16), PyTorch's block for normal samples on the CPU, so the
-    values are those of a single draw of the whole shape (``tests/test_sampler.py`` checks this)."""
-
-    def __init__(self, shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device):
-        gen = torch.Generator().manual_seed(seed)
-        self._steps = [_WORKER.submit(_draw, tuple(shape[1:]), gen, dtype, device) for _ in range(shape[0])]
-
-    def step(self, i: int) -> torch.Tensor:
-        """Step i's noise ``[B, C, T, H, W]``, once drawn."""
-        return self._steps[i].result()
-
-
-def _draw(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _noise(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[steps, B, C, T, H, W] standard normal noise from a CPU generator seeded with ``seed``, in host
+    memory ``device`` copies from without blocking."""
+    gen = torch.Generator().manual_seed(seed)
     return _host(torch.randn(shape, generator=gen).to(dtype), device)
 
 
@@ -368,14 +346,12 @@ class _Progress:
         self.tokens += tokens
 
 
-def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noise: Callable[[int], torch.Tensor],
-                out: torch.Tensor,
+def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noise: torch.Tensor, out: torch.Tensor,
                 plan: PruningPlan | None, config: SamplerConfig, sig: list[float], cache_passes: int,
                 progress: _Progress, clock: _ChunkClock,
                 on_chunk: Callable[[int, torch.Tensor], None] | None) -> torch.Tensor:
-    """Sample one video into ``out``. src, out [1, C, T, H, W] in host memory; ``noise(i)``: step i's noise
-    [1, C, T, H, W] in host memory. Returns finite [chunks] bool on the device: whether each chunk's output
-    is all finite."""
+    """Sample one video into ``out``. src, out [1, C, T, H, W] and noise [steps, 1, C, T, H, W] in host
+    memory. Returns finite [chunks] bool on the device: whether each chunk's output is all finite."""
     device = runner.device
     layouts = build_layouts(tuple(src.shape), runner.cfg, config.chunk_frames, plan=plan, mode=config.recovery,
                             form=config.recovery_form, window=config.window, device=device, dtype=src.dtype)
@@ -391,9 +367,8 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
         clock.mark()
         runner.begin_chunk(lay)
         sl = slice(lay.frame_start, lay.frame_start + lay.frames)
-        def eps(i: int) -> torch.Tensor:                                   # [1, C, F, H, W]
-            return noise(i)[:, :, sl].to(device, non_blocking=True)
-        x = eps(0)
+        eps = noise[:, :, :, sl].to(device, non_blocking=True)            # [steps, 1, C, F, H, W]
+        x = eps[0]
         if config.mode == "edit":   # SDEdit: the source noised to the first step
             x = (1.0 - sig[0]) * src[:, :, sl].to(device, non_blocking=True) + sig[0] * x
         x0 = x
@@ -402,7 +377,7 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
             v = runner.forward_chunk(x, torch.full((1, 1), s * 1000.0, device=device), lay).to(src.dtype)
             x0 = x - s * v
             if i + 1 < n_steps:      # re-noise with fresh noise to the next step
-                x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * eps(i + 1)
+                x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * eps[i + 1]
             progress.after(lay.num_kept)
         out[:, :, sl].copy_(x0, non_blocking=True)
         finite[lay.index] = torch.isfinite(x0).all()      # stays on the device: no sync per chunk

@@ -1,4 +1,4 @@
-"""Where a run's own time goes, stage by stage (the sampler's set-up, the nodes' steps)."""
+"""Where a node's own time goes, stage by stage (``node_seconds`` of the pruner and sampler, the VAE nodes' log)."""
 
 from __future__ import annotations
 

@@ -214,7 +214,6 @@ class SelfForcingSampler:
             # included), previews/restore/copy-out after it
             "node_seconds": clock.seconds,
             "setup_seconds": ri.get("setup_seconds"),   # of sample_call: lipar.sample's host-side set-up
-            "setup": ri.get("setup"),                   # ... by stage
             "note": run_note(result.plan, patch_options, mode, ri),
         }
         info["details"] = {"ran": f"{info['path']}, {info['kernels']} kernels, {info['attention']} attention",

@@ -340,14 +340,3 @@ def test_fp8_compute_close_to_bf16_and_graphs_equal_eager(pruned):
     # a second graph run reuses the graphs and the fp8 weights, refreshed in place
     again = run(fp8="on", cuda_graphs=True)
     assert torch.equal(again.latent, graph8.latent)
-
-
-def test_cuda_runs_take_the_seeded_cpu_noise_from_pinned_memory():
-    """The noise of a CUDA run is the seeded CPU generator's, step by step in pinned host memory."""
-    from lipar.sampler import NoiseSteps
-
-    shape = (3, 1, 16, 5, 6, 8)
-    noise = NoiseSteps(shape, 11, torch.float32, torch.device("cuda"))
-    steps = [noise.step(i) for i in range(3)]
-    assert all(s.is_pinned() and s.device.type == "cpu" for s in steps)
-    assert torch.equal(torch.stack(steps), torch.randn(shape, generator=torch.Generator().manual_seed(11)))

@@ -29,28 +29,24 @@ def test_same_seed_same_output_other_seed_differs(model, clip):
     assert not torch.allclose(a, c)
 
 
-def test_noise_is_the_seeded_cpu_noise_drawn_step_by_step_in_a_worker_thread(model, clip, monkeypatch):
+def test_noise_is_the_seeded_cpu_noise_made_in_a_worker_thread(model, clip, monkeypatch):
     """The noise comes from a CPU generator seeded with the run's seed (the same video on any device),
-    drawn one step at a time in a worker thread, with the values of one draw of the whole shape."""
+    made in a worker thread while the runner is set up."""
     import threading
 
     import lipar.sampler as sampler_mod
     made = []
-    real = sampler_mod._draw
+    real = sampler_mod._noise
 
-    def spy(shape, gen, dtype, device):
-        made.append((threading.current_thread().name, shape))
-        return real(shape, gen, dtype, device)
-    monkeypatch.setattr(sampler_mod, "_draw", spy)
+    def spy(shape, seed, dtype, device):
+        made.append((threading.current_thread().name, shape, seed))
+        return real(shape, seed, dtype, device)
+    monkeypatch.setattr(sampler_mod, "_noise", spy)
     r = lipar.sample(model, CTX, clip, config=lipar.SamplerConfig(seed=7))
-    steps = len(r.info["steps"])
-    assert made == [("lipar-noise_0", tuple(clip.shape))] * steps
-    assert list(r.info["setup"]) == ["checks", "runner", "host_buffers", "noise_wait", "sync"]
-    assert r.info["setup_seconds"] == pytest.approx(sum(r.info["setup"].values()), abs=1e-3)
-    for shape in ((steps,) + tuple(clip.shape), (3, 2, 16, 5, 6, 8)):
-        noise = sampler_mod.NoiseSteps(shape, 7, torch.float32, torch.device("cpu"))
-        drawn = torch.stack([noise.step(i) for i in range(shape[0])])
-        assert torch.equal(drawn, torch.randn(shape, generator=torch.Generator().manual_seed(7)))
+    (name, shape, seed), = made
+    assert name.startswith("lipar-noise") and seed == 7 and shape == (len(r.info["steps"]),) + tuple(clip.shape)
+    want = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(real(shape, 7, torch.float32, torch.device("cpu")), want)
 
 
 @pytest.mark.parametrize("mode", ["none", "m_degree", "noise_aware"])
