@@ -131,6 +131,12 @@ def _in_batches(vae: Any, memory: int, total: int, run: Callable[[int, int], Non
     return not out_of_memory
 
 
+def _log_seconds(what: str, frames: int, clock: StageClock) -> None:
+    """The INFO line saying where a node's time went."""
+    log.info("LIPAR Wan VAE %s: %d frames in %.3f s (%s)", what, frames, sum(clock.seconds.values()),
+             ", ".join(f"{k} {v:.3f}" for k, v in clock.seconds.items()))
+
+
 def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     """ComfyUI's ``VAE.encode(pixels)`` (IMAGE [N, H, W, C] -> latent [1, 16, T, H/8, W/8] float32 on ComfyUI's
     intermediate device), with lipar computing a Wan2.1 VAE."""
@@ -164,8 +170,7 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
 
     if not _in_batches(vae, memory, b, run, "encode"):
         return vae.encode(pixels)
-    log.info("LIPAR Wan VAE encode: %d frames in %.3f s (%s)", t * b, sum(clock.seconds.values()),
-             ", ".join(f"{k} {v:.3f}" for k, v in clock.seconds.items()))
+    _log_seconds("encode", t * b, clock)
     return samples[0]
 
 
@@ -200,8 +205,7 @@ def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
 
     if not _in_batches(vae, memory, latent.shape[0], run, "decode"):
         return vae.decode(latent)
-    log.info("LIPAR Wan VAE decode: %d frames in %.3f s (%s)", pixels[0].shape[0] * pixels[0].shape[1],
-             sum(clock.seconds.values()), ", ".join(f"{k} {v:.3f}" for k, v in clock.seconds.items()))
+    _log_seconds("decode", pixels[0].shape[0] * pixels[0].shape[1], clock)
     return pixels[0]
 
 

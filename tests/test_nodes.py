@@ -23,6 +23,7 @@ import lipar
 from lipar.clips import ClipSpec, make_clip
 from lipar.latents import denormalize_wan21, normalize_wan21
 from lipar_pack.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from tests import comfy_services
 from lipar_pack.nodes.common import compute_dtype, cuda_graphs_allowed
 from lipar_pack.nodes.loader import prepare_state_dict
 
@@ -483,43 +484,17 @@ def test_pruned_latent_without_patch_uses_default_recovery(wan, positive, raw):
 
 
 def test_sampler_uses_comfyui_services_when_present(wan, positive, raw, monkeypatch):
-    calls = {"load": [], "progress": [], "interrupt": 0}
-
-    class ProgressBar:
-        def __init__(self, total):
-            self.total = total
-
-        def update_absolute(self, value, total=None, preview=None):
-            calls["progress"].append((value, total))
-
-    class Interrupted(Exception):
-        pass
-
-    mm = types.ModuleType("comfy.model_management")
-    mm.load_models_gpu = lambda models, memory_required=0: calls["load"].append((models, memory_required))
-    mm.intermediate_device = lambda: torch.device("cpu")
-
-    def check():
-        calls["interrupt"] += 1
-        if calls.get("stop_at") == calls["interrupt"]:
-            raise Interrupted()
-    mm.throw_exception_if_processing_interrupted = check
-    utils = types.ModuleType("comfy.utils")
-    utils.ProgressBar = ProgressBar
-    comfy = types.ModuleType("comfy")
-    comfy.model_management, comfy.utils = mm, utils
-    for name, mod in (("comfy", comfy), ("comfy.model_management", mm), ("comfy.utils", utils)):
-        monkeypatch.setitem(sys.modules, name, mod)
+    calls = comfy_services.install(monkeypatch, intermediate_device=lambda: torch.device("cpu"))
 
     model = FakePatcher(wan)
     out = sample(model, positive, {"samples": raw})["result"][0]["samples"]
-    ((models, mem),) = calls["load"]
+    ((models, mem, _),) = calls["load"]
     assert models == [model] and mem > 0
     assert calls["interrupt"] == 7
     assert calls["progress"] == [(i, 7) for i in range(8)]
     # an interrupt stops the run and passes through unchanged; the model samples as before afterwards
     calls["stop_at"] = calls["interrupt"] + 3
-    with pytest.raises(Interrupted):
+    with pytest.raises(comfy_services.Interrupted):
         sample(model, positive, {"samples": raw})
     calls["stop_at"] = None
     assert torch.equal(sample(model, positive, {"samples": raw})["result"][0]["samples"], out)

@@ -8,8 +8,6 @@ VAEEncode / VAEDecode.
 from __future__ import annotations
 
 import logging
-import sys
-import types
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from torch import nn
 
 from lipar_pack.nodes import NODE_CLASS_MAPPINGS
 from lipar_pack.nodes import vae as vae_nodes
+from tests import comfy_services
 from tests.wan_vae_models import build_vae, reference_decode, reference_encode
 
 Encode = NODE_CLASS_MAPPINGS["LIPAR_WanVAEEncode"]
@@ -194,35 +193,8 @@ def test_out_of_memory_falls_back_to_comfyuis_vae(wan_vae_model, monkeypatch, ca
 
 
 def test_comfyui_services_are_used_when_present(wan_vae_model, monkeypatch):
-    calls = {"load": [], "progress": [], "interrupt": 0}
-
-    class ProgressBar:
-        def __init__(self, total):
-            self.total = total
-
-        def update_absolute(self, value, total=None, preview=None):
-            calls["progress"].append((value, total))
-
-    class Interrupted(Exception):
-        pass
-
-    def interrupt():
-        calls["interrupt"] += 1
-        if calls.get("stop_at") == calls["interrupt"]:
-            raise Interrupted()
-
-    mm = types.ModuleType("comfy.model_management")
-    mm.load_models_gpu = lambda models, memory_required=0, force_full_load=False: calls["load"].append(
-        (models, memory_required, force_full_load))
-    mm.get_free_memory = lambda dev=None: 10 ** 12
-    mm.throw_exception_if_processing_interrupted = interrupt
-    mm.OOM_EXCEPTION = torch.cuda.OutOfMemoryError
-    utils = types.ModuleType("comfy.utils")
-    utils.ProgressBar = ProgressBar
-    comfy = types.ModuleType("comfy")
-    comfy.model_management, comfy.utils = mm, utils
-    for name, mod in (("comfy", comfy), ("comfy.model_management", mm), ("comfy.utils", utils)):
-        monkeypatch.setitem(sys.modules, name, mod)
+    calls = comfy_services.install(monkeypatch, get_free_memory=lambda dev=None: 10 ** 12,
+                                   OOM_EXCEPTION=torch.cuda.OutOfMemoryError)
 
     vae = FakeVAE(wan_vae_model)
     z = torch.randn(1, 16, 6, 2, 3)
@@ -232,5 +204,5 @@ def test_comfyui_services_are_used_when_present(wan_vae_model, monkeypatch):
     chunks = 1 + -(-5 // vae_nodes.CONFIG.decode_chunk)
     assert calls["progress"] == [(i, chunks) for i in range(1, chunks + 1)] and calls["interrupt"] == chunks
     calls["stop_at"] = calls["interrupt"] + 2
-    with pytest.raises(Interrupted):
+    with pytest.raises(comfy_services.Interrupted):
         Decode().decode({"samples": z}, vae)
