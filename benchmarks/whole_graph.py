@@ -866,6 +866,7 @@ def main(argv=None) -> int:
     handler.setFormatter(logging.Formatter("[lipar] %(message)s"))
     logging.getLogger("lipar").addHandler(handler)
     logging.getLogger("lipar").setLevel(logging.INFO)
+    logging.getLogger("lipar").propagate = False   # once, not again through a root handler ComfyUI may set up
     if HARNESS not in sys.path:
         sys.path.insert(0, HARNESS)
     import harness_env
