@@ -16,7 +16,7 @@ kept tokens are computed; the returned latent holds zeros at pruned positions un
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -199,10 +199,11 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     use_graphs, graphs_note = _graphs_decision(config.cuda_graphs, module, device)
     check_backend(config.backend, device)
     fp8 = _fp8_policy(config.fp8, module, device, dtype)
-    # All noise up front from a seeded CPU generator: the same seed gives the same video on any
-    # device. Made in a worker thread (PyTorch releases the GIL) while the runner is set up.
+    # The noise comes from a seeded CPU generator (the same seed gives the same video on any device),
+    # drawn step by step in a worker thread (PyTorch releases the GIL) while the runner is set up and
+    # the first passes run.
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    noise_job = _WORKER.submit(_noise, (len(steps), b, c, t, h, w), int(config.seed), state_dtype, device)
+    noise = _noise(len(steps), (b, c, t, h, w), int(config.seed), state_dtype, device)
     if use_graphs:
         from .graphs import GraphedCausalWan
         runner = GraphedCausalWan(module, device=device, dtype=dtype, backend=config.backend, attention=attention,
@@ -220,8 +221,8 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     # device as it runs, so device memory does not grow with the video's length.
     src = _host(latent.detach().to("cpu", state_dtype), device)
     out = _host(torch.zeros_like(src), device)
+    noise.step(0)      # sampling starts once the first step's noise is there; the rest follows during it
 
-    noise = noise_job.result()
     progress = _Progress(on_pass, total)
     clock = _ChunkClock(device)
     if device.type == "cuda":
@@ -233,7 +234,7 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
             ctx = context[bi:bi + 1] if context.shape[0] == b else context
             sample_plan = plan.select(bi) if plan is not None else None
             chunk_done = None if on_chunk is None else (lambda ci, x0, bi=bi: on_chunk(bi, ci, x0))
-            ok = _sample_one(runner, ctx, src[bi:bi + 1], noise[:, bi:bi + 1], out[bi:bi + 1], sample_plan, config,
+            ok = _sample_one(runner, ctx, src[bi:bi + 1], noise.sample(bi), out[bi:bi + 1], sample_plan, config,
                              sig, cache_passes, progress.at_sample(bi), clock, chunk_done)
             finite.append(ok)
         if device.type == "cuda":
@@ -267,10 +268,32 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
 _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipar-noise")
 
 
-def _noise(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[steps, B, C, T, H, W] standard normal noise from a CPU generator seeded with ``seed``, in host
-    memory ``device`` copies from without blocking."""
+class _Noise:
+    """The run's noise, one [B, C, T, H, W] standard normal draw per step from one CPU generator, in
+    host memory the device copies from without blocking. Step i is the generator's (i+1)-th draw, so
+    with Wan's 16 channels the values equal one [steps, B, C, T, H, W] draw (PyTorch draws normals 16
+    at a time), and the same seed gives the same noise on any device. The draws run in order on the
+    one worker thread; ``step(i)`` waits for draw i only."""
+
+    def __init__(self, jobs: list[Future], batch: slice = slice(None)):
+        self._jobs, self._batch = jobs, batch
+
+    def step(self, i: int) -> torch.Tensor:
+        """[B, C, T, H, W] (or [1, ...] for one sample's view) noise of step ``i``."""
+        return self._jobs[i].result()[self._batch]
+
+    def sample(self, index: int) -> "_Noise":
+        """The same noise seen by sample ``index`` of the batch alone: [1, C, T, H, W] per step."""
+        return _Noise(self._jobs, slice(index, index + 1))
+
+
+def _noise(steps: int, shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device) -> _Noise:
+    """Start drawing ``steps`` noise tensors of ``shape`` [B, C, T, H, W] on the worker thread (see ``_Noise``)."""
     gen = torch.Generator().manual_seed(seed)
+    return _Noise([_WORKER.submit(_draw, shape, gen, dtype, device) for _ in range(steps)])
+
+
+def _draw(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return _host(torch.randn(shape, generator=gen).to(dtype), device)
 
 
@@ -346,11 +369,11 @@ class _Progress:
         self.tokens += tokens
 
 
-def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noise: torch.Tensor, out: torch.Tensor,
+def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noise: _Noise, out: torch.Tensor,
                 plan: PruningPlan | None, config: SamplerConfig, sig: list[float], cache_passes: int,
                 progress: _Progress, clock: _ChunkClock,
                 on_chunk: Callable[[int, torch.Tensor], None] | None) -> torch.Tensor:
-    """Sample one video into ``out``. src, out [1, C, T, H, W] and noise [steps, 1, C, T, H, W] in host
+    """Sample one video into ``out``. src, out [1, C, T, H, W] and each step of noise [1, C, T, H, W] in host
     memory. Returns finite [chunks] bool on the device: whether each chunk's output is all finite."""
     device = runner.device
     layouts = build_layouts(tuple(src.shape), runner.cfg, config.chunk_frames, plan=plan, mode=config.recovery,
@@ -367,8 +390,7 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
         clock.mark()
         runner.begin_chunk(lay)
         sl = slice(lay.frame_start, lay.frame_start + lay.frames)
-        eps = noise[:, :, :, sl].to(device, non_blocking=True)            # [steps, 1, C, F, H, W]
-        x = eps[0]
+        x = noise.step(0)[:, :, sl].to(device, non_blocking=True)         # [1, C, F, H, W]
         if config.mode == "edit":   # SDEdit: the source noised to the first step
             x = (1.0 - sig[0]) * src[:, :, sl].to(device, non_blocking=True) + sig[0] * x
         x0 = x
@@ -377,7 +399,8 @@ def _sample_one(runner: CausalWan, context: torch.Tensor, src: torch.Tensor, noi
             v = runner.forward_chunk(x, torch.full((1, 1), s * 1000.0, device=device), lay).to(src.dtype)
             x0 = x - s * v
             if i + 1 < n_steps:      # re-noise with fresh noise to the next step
-                x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * eps[i + 1]
+                eps = noise.step(i + 1)[:, :, sl].to(device, non_blocking=True)
+                x = (1.0 - sig[i + 1]) * x0 + sig[i + 1] * eps
             progress.after(lay.num_kept)
         out[:, :, sl].copy_(x0, non_blocking=True)
         finite[lay.index] = torch.isfinite(x0).all()      # stays on the device: no sync per chunk

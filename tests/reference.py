@@ -130,14 +130,14 @@ def reference_sample(model, context, latent, steps, seed, chunk_frames=3, shift=
     """Self-Forcing sampling where every pass recomputes the whole prefix densely.
 
     Earlier chunks enter as their clean outputs at timestep 0 (what the KV cache holds);
-    the current chunk enters noisy at its timestep. Noise: one seeded CPU draw of shape
-    [len(steps), B, C, T, H, W], step i of every chunk using slice i. The last chunk may be
+    the current chunk enters noisy at its timestep. Noise: one seeded CPU generator drawing
+    [B, C, T, H, W] once per step, step i of every chunk using draw i. The last chunk may be
     shorter; ``window``/``sink``: a rolling cache (``window_visibility``), where every frame's
     hidden states are those its own chunk computed with its own window.
     """
     b, c, t, h, w = latent.shape
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(steps), b, c, t, h, w), generator=g).double()
+    noise = torch.stack([torch.randn((b, c, t, h, w), generator=g) for _ in steps]).double()
     sig = [warp(s, shift) for s in steps]
     out = torch.zeros_like(latent)
     vis = window_visibility(t, chunk_frames, window, sink)

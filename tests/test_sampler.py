@@ -29,24 +29,48 @@ def test_same_seed_same_output_other_seed_differs(model, clip):
     assert not torch.allclose(a, c)
 
 
-def test_noise_is_the_seeded_cpu_noise_made_in_a_worker_thread(model, clip, monkeypatch):
+def test_noise_is_the_seeded_cpu_noise_drawn_step_by_step_in_a_worker_thread(model, clip, monkeypatch):
     """The noise comes from a CPU generator seeded with the run's seed (the same video on any device),
-    made in a worker thread while the runner is set up."""
+    one draw per step in a worker thread, and the sampler starts on step 0's draw. With Wan's 16 channels
+    the draws equal one [steps, B, C, T, H, W] draw: seeds of earlier versions give the same video."""
     import threading
 
     import lipar.sampler as sampler_mod
     made = []
-    real = sampler_mod._noise
+    real = sampler_mod._draw
 
-    def spy(shape, seed, dtype, device):
-        made.append((threading.current_thread().name, shape, seed))
-        return real(shape, seed, dtype, device)
-    monkeypatch.setattr(sampler_mod, "_noise", spy)
+    def spy(shape, gen, dtype, device):
+        made.append((threading.current_thread().name, shape))
+        return real(shape, gen, dtype, device)
+    monkeypatch.setattr(sampler_mod, "_draw", spy)
     r = lipar.sample(model, CTX, clip, config=lipar.SamplerConfig(seed=7))
-    (name, shape, seed), = made
-    assert name.startswith("lipar-noise") and seed == 7 and shape == (len(r.info["steps"]),) + tuple(clip.shape)
-    want = torch.randn(shape, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(real(shape, 7, torch.float32, torch.device("cpu")), want)
+    steps = len(r.info["steps"])
+    assert made == [("lipar-noise_0", tuple(clip.shape))] * steps
+    noise = sampler_mod._noise(steps, tuple(clip.shape), 7, torch.float32, torch.device("cpu"))
+    whole = torch.randn((steps,) + tuple(clip.shape), generator=torch.Generator().manual_seed(7))
+    assert clip.shape[1] == 16 and all(torch.equal(noise.step(i), whole[i]) for i in range(steps))
+    assert torch.equal(noise.sample(0).step(1), whole[1, 0:1])
+
+
+def test_sampling_waits_only_for_the_first_steps_noise(model, clip, monkeypatch):
+    """Sampling starts once step 0's draw is there: the later draws may still be running (here they are
+    held back until the first transformer pass has begun), and the video is the same."""
+    import threading
+
+    import lipar.sampler as sampler_mod
+    cfg = lipar.SamplerConfig(seed=5)
+    want = lipar.sample(model, CTX, clip, config=cfg).latent
+    first_pass, real = threading.Event(), sampler_mod._draw
+    count = []
+
+    def held(shape, gen, dtype, device):
+        count.append(1)
+        if len(count) > 1:
+            assert first_pass.wait(timeout=30), "sampling waited for a later step's noise before its first pass"
+        return real(shape, gen, dtype, device)
+    monkeypatch.setattr(sampler_mod, "_draw", held)
+    got = lipar.sample(model, CTX, clip, config=cfg, on_pass=lambda info: first_pass.set()).latent
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("mode", ["none", "m_degree", "noise_aware"])
