@@ -93,13 +93,12 @@ POST_FRAMES = 16     # frames scaled on the GPU at a time (bounds the float32 te
 def _frames_to_device(vae: Any, frames: torch.Tensor) -> torch.Tensor:
     """``vae.process_input(video).to(vae.vae_dtype)`` on the VAE's device, where ``video`` [b, C, T, H, W] is
     ``frames`` [b, T, H, W, C] (host, IMAGE layout) with the channels moved to axis 1, as ComfyUI's VAE Encode
-    moves them. ComfyUI moves and scales on the host; here each slice of frames crosses as it lies (a plain
-    copy, not a transposing one) and the same float32 ops run on the GPU, a few frames at a time."""
+    moves them. ComfyUI moves and scales on the host; here pieces of frames cross as they lie (plain copies
+    through pinned buffers, not a transposing copy) and the same float32 ops run on the GPU, a piece at a time."""
     b, t, h, w, c = frames.shape
     x = torch.empty((b, c, t, h, w), dtype=vae.vae_dtype, device=vae.device)
-    for t0 in range(0, t, POST_FRAMES):
-        part = frames[:, t0:t0 + POST_FRAMES].to(vae.device).movedim(-1, 1)    # [b, C, f, H, W]
-        x[:, :, t0:t0 + POST_FRAMES] = vae.process_input(part)
+    for t0, part in host.to_device_in_pieces(frames, 1, torch.device(vae.device)):
+        x[:, :, t0:t0 + part.shape[1]] = vae.process_input(part.movedim(-1, 1))    # [b, C, f, H, W]
     return x
 
 
@@ -174,6 +173,17 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     return samples[0]
 
 
+def decoded_shape(vae: Any, latent_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The IMAGE shape [B, T, H, W, C] ComfyUI's VAE object says a decode of ``latent_shape`` [B, C, t, h, w]
+    gives (its ``upscale_ratio`` per axis and ``output_channels``), or None where it does not say. Used to
+    prepare the output while the VAE runs; the decode's real shape decides."""
+    ratio, channels = getattr(vae, "upscale_ratio", None), getattr(vae, "output_channels", None)
+    if not isinstance(ratio, (tuple, list)) or len(ratio) != 3 or not isinstance(channels, int) or len(latent_shape) != 5:
+        return None
+    sizes = [r(n) if callable(r) else int(r * n) for r, n in zip(ratio, latent_shape[2:])]
+    return (latent_shape[0], *(int(n) for n in sizes), channels)
+
+
 def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     """ComfyUI's ``VAE.decode(latent)`` (latent [B, 16, T, h, w] -> images [B, T', H, W, C] float32 in 0..1 on
     ComfyUI's intermediate device), with lipar computing a Wan2.1 VAE."""
@@ -188,6 +198,9 @@ def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
     pixels: list[torch.Tensor] = []
     clock = StageClock()
 
+    expected = decoded_shape(vae, tuple(latent.shape))
+    early = host.output_tensor_later(expected, device=vae.output_device) if expected is not None else None
+
     def run(i: int, step: int) -> None:
         clock.mark("load")
         z = latent[i:i + step].to(vae.vae_dtype).to(vae.device)
@@ -196,9 +209,11 @@ def decode_latent(vae: Any, latent: torch.Tensor) -> torch.Tensor:
         if out.is_cuda:
             torch.cuda.current_stream(out.device).synchronize()            # the copies below wait for it anyway
         clock.mark("module")
-        if not pixels:
-            pixels.append(host.output_tensor((latent.shape[0], out.shape[2], *out.shape[3:], out.shape[1]),
-                                             device=vae.output_device))     # [B, T, H, W, C]
+        if not pixels:                                                      # [B, T, H, W, C]
+            shape = (latent.shape[0], out.shape[2], *out.shape[3:], out.shape[1])
+            made = early.result() if early is not None else None
+            pixels.append(made if made is not None and tuple(made.shape) == shape else
+                          host.output_tensor(shape, device=vae.output_device))
         clock.mark("allocate")
         _frames_to_host(vae, out, pixels[0][i:i + step])
         clock.mark("to_host")

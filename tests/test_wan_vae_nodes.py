@@ -151,10 +151,65 @@ def test_decoded_frames_land_in_a_prefaulted_host_tensor(monkeypatch):
     assert len(made) == 1 and images.data_ptr() == made[0].data_ptr()
 
 
+def test_decode_prepares_its_output_while_the_vae_runs(monkeypatch):
+    """Where ComfyUI's VAE object says what a decode gives (``upscale_ratio``, ``output_channels``), the output
+    tensor is made on a worker thread while the module decodes and then filled; where the prediction is wrong,
+    the decode's real shape wins."""
+    import threading
+
+    threads = []
+    real = vae_nodes.host.output_tensor
+
+    def spy(*a, **k):
+        threads.append(threading.current_thread().name)
+        return real(*a, **k)
+    monkeypatch.setattr(vae_nodes.host, "output_tensor", spy)
+    torch.manual_seed(0)
+    vae = FakeVAE(_TinyVideoVAE())
+    vae.output_channels = 3
+    z = torch.randn(1, 16, 5, 2, 3)
+    want = _comfy_generic(vae, "decode", z).reshape(-1, 16, 24, 3)
+    vae.upscale_ratio = (lambda a: a, 8, 8)              # what this module does: made early and used
+    assert vae_nodes.decoded_shape(vae, tuple(z.shape)) == (1, 5, 16, 24, 3)
+    (images,) = Decode().decode({"samples": z}, vae)
+    assert torch.equal(images, want) and len(threads) == 1 and threads[0].startswith("lipar-host")
+    threads.clear()
+    vae.upscale_ratio = (lambda a: max(0, a * 4 - 3), 8, 8)   # Wan's frame count: wrong for this module
+    (images,) = Decode().decode({"samples": z}, vae)
+    assert torch.equal(images, want) and len(threads) == 2 and not threads[1].startswith("lipar-host")
+    vae.upscale_ratio = 8                                # an image VAE's ratio says nothing about frames
+    assert vae_nodes.decoded_shape(vae, tuple(z.shape)) is None
+
+
+def test_frames_cross_in_pieces_that_cover_the_clip(monkeypatch):
+    """``host.to_device_in_pieces`` hands out consecutive pieces of at most STAGING_BYTES that together are the
+    whole tensor (on the CPU: plain copies; the pinned double buffer is tested on the GPU below)."""
+    monkeypatch.setattr(vae_nodes.host, "STAGING_BYTES", 3 * 2 * 4 * 5 * 2 * 4)   # 3 frames of [2, ., 4, 5, 2] float32
+    x = torch.randn(2, 8, 4, 5, 2)
+    pieces = list(vae_nodes.host.to_device_in_pieces(x[:, 1:], 1, torch.device("cpu")))
+    assert [(start, p.shape[1]) for start, p in pieces] == [(0, 3), (3, 3), (6, 1)]
+    assert torch.equal(torch.cat([p for _, p in pieces], 1), x[:, 1:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_frames_cross_to_the_gpu_through_two_pinned_buffers(monkeypatch):
+    """Pageable frames reach the GPU through the two pinned buffers, each reused only once the GPU has read it:
+    the pieces equal a plain ``.to("cuda")``, also for a strided (cropped, batched) clip and when the work on
+    the GPU lags behind the copies."""
+    monkeypatch.setattr(vae_nodes.host, "STAGING_BYTES", 2 << 20)
+    x = torch.rand(2, 40, 96, 128, 3)[:, :, 3:91]                         # strided, 2 x 40 frames of 1.1 MB
+    want = x.cuda()
+    got = torch.empty_like(want)
+    for start, piece in vae_nodes.host.to_device_in_pieces(x, 1, torch.device("cuda")):
+        torch.cuda._sleep(2_000_000)                                      # the GPU falls behind the host copies
+        got[:, start:start + piece.shape[1]] = piece
+    assert torch.equal(got, want)
+
+
 def test_cropped_frames_cross_to_the_device_as_they_lie(monkeypatch):
     """Frames go to the VAE's device in their IMAGE layout and the channels move there: a cropped (strided)
     clip gives the same latent as ComfyUI's host-side movedim."""
-    monkeypatch.setattr(vae_nodes, "POST_FRAMES", 3)
+    monkeypatch.setattr(vae_nodes.host, "STAGING_BYTES", 2 * 19 * 29 * 3 * 4)    # pieces of 2 frames
     torch.manual_seed(0)
     vae = FakeVAE(_TinyVideoVAE())
     pixels = _pixels(7, 19, 29)                          # cropped to 16x24 with offsets (1, 2)
