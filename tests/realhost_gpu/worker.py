@@ -12,7 +12,6 @@ import copy
 import gc
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -171,7 +170,6 @@ class Worker:
 
     # ---- one node run and its references ---------------------------------------------------------
     def node(self, model, latent: dict, cond):
-        torch = self.torch
         t0 = time.perf_counter()
         res = self.C.sampler().sample(model, cond, latent, self.seed, self.steps, 5.0, 3, "edit")
         seconds = time.perf_counter() - t0
@@ -217,7 +215,6 @@ class Worker:
     def effective_weights(self, module, device) -> dict:
         """Every parameter of ComfyUI's module as float32 on ``device``, as ComfyUI computes with it:
         fp8 weights upcast exactly, scaled-fp8 (QuantizedTensor) weights as qdata * scale."""
-        torch = self.torch
         try:
             from comfy.quant_ops import QuantizedTensor
         except Exception:   # pragma: no cover
@@ -354,7 +351,7 @@ class Worker:
 
 def group_models(W: Worker) -> None:
     import harness_models as hm
-    torch, spec = W.torch, W.spec
+    spec = W.spec
 
     def run(name, t0):
         if spec.get("reuse_models"):
