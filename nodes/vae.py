@@ -87,9 +87,6 @@ def _release(mm: Any) -> None:
         mm.soft_empty_cache()
 
 
-POST_FRAMES = 16     # frames scaled on the GPU at a time (bounds the float32 temporaries to ~16 frames)
-
-
 def _frames_to_device(vae: Any, frames: torch.Tensor) -> torch.Tensor:
     """``vae.process_input(video).to(vae.vae_dtype)`` on the VAE's device, where ``video`` [b, C, T, H, W] is
     ``frames`` [b, T, H, W, C] (host, IMAGE layout) with the channels moved to axis 1, as ComfyUI's VAE Encode
@@ -105,11 +102,14 @@ def _frames_to_device(vae: Any, frames: torch.Tensor) -> torch.Tensor:
 def _frames_to_host(vae: Any, out: torch.Tensor, dest: torch.Tensor) -> None:
     """``vae.process_output`` of decoded frames ``out`` [b, C, T, H, W] (on the GPU) into ``dest`` [b, T, H, W, C]
     (on ComfyUI's intermediate device, a ``host.output_tensor``). ComfyUI converts and scales on the host; the
-    same float32 ops run here on the GPU, a few frames at a time, each slice laid out as IMAGE frames and copied
-    across once."""
-    for t in range(0, out.shape[2], POST_FRAMES):
-        part = vae.process_output(out[:, :, t:t + POST_FRAMES].float()).movedim(1, -1)
-        dest[:, t:t + POST_FRAMES].copy_(part)
+    same float32 ops run here on the GPU, a few frames at a time, each piece laid out as IMAGE frames and copied
+    across once (through pinned buffers, ``host.to_host_in_pieces``)."""
+    step = host.piece_length(dest, 1)
+
+    def pieces():
+        for t in range(0, out.shape[2], step):
+            yield t, vae.process_output(out[:, :, t:t + step].float()).movedim(1, -1)    # [b, f, H, W, C]
+    host.to_host_in_pieces(pieces(), dest, 1)
 
 
 def _in_batches(vae: Any, memory: int, total: int, run: Callable[[int, int], None], what: str) -> bool:
