@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
+
+from ..lipar.transfer import piece_length, to_host_in_pieces
 
 
 def _optional(name: str):
@@ -82,92 +84,6 @@ def output_tensor_later(shape: tuple[int, ...], dtype: torch.dtype = torch.float
     the caller's GPU work runs); ``.result()`` gives the tensor."""
     device = intermediate_device() if device is None else torch.device(device)
     return _ALLOCATOR.submit(output_tensor, shape, dtype, device)
-
-
-STAGING_BYTES = 32 << 20     # each of the two pinned buffers host<->GPU copies of whole clips go through
-
-
-def piece_length(x: torch.Tensor, dim: int) -> int:
-    """How many indices of ``x`` along ``dim`` fit in ``STAGING_BYTES`` (at least one)."""
-    per_index = x.numel() // max(1, x.shape[dim]) * x.element_size()
-    return max(1, min(x.shape[dim], STAGING_BYTES // max(1, per_index)))
-
-
-def _staging(nbytes: int) -> torch.Tensor:
-    """A pinned byte buffer from PyTorch's host cache (freed there only once the copies that used it ran)."""
-    return torch.empty((nbytes,), dtype=torch.uint8, pin_memory=True)
-
-
-def _view(raw: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return raw[:like.numel() * like.element_size()].view(like.dtype).view(like.shape)
-
-
-def to_device_in_pieces(x: torch.Tensor, dim: int, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, x.narrow(dim, start, n).to(device))`` for consecutive pieces of ``x`` along ``dim``.
-
-    From pageable host memory to a CUDA device each piece (at most ``STAGING_BYTES``) is copied by all of
-    PyTorch's threads into one of two pinned buffers, which the GPU reads without blocking while the next
-    piece is copied into the other. A plain ``.to(device)`` of pageable memory runs through the driver's
-    staging on one thread (an 832x480x81 IMAGE, 388 MB: ~50 ms on the H200's host). Each piece is a new
-    device tensor, ready for work queued after it on the current stream. Elsewhere (CPU, pinned or GPU
-    sources) the pieces are plain ``.to(device)``."""
-    length, step = x.shape[dim], piece_length(x, dim)
-    staged_path = device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned()
-    buffers: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
-    for k, start in enumerate(range(0, length, step)):
-        piece = x.narrow(dim, start, min(step, length - start))
-        if not staged_path:
-            yield start, piece.to(device)
-            continue
-        if len(buffers) < 2:
-            buffers.append((_staging(piece.numel() * piece.element_size()), None))
-        raw, used = buffers[k % 2]
-        if used is not None:
-            used.synchronize()                       # the GPU has read this buffer's previous piece
-        staged = _view(raw, piece)
-        staged.copy_(piece)
-        out = torch.empty(piece.shape, dtype=piece.dtype, device=device)
-        out.copy_(staged, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        buffers[k % 2] = (raw, done)
-        yield start, out
-
-
-def to_host_in_pieces(pieces: Iterable[tuple[int, torch.Tensor]], dest: torch.Tensor, dim: int) -> None:
-    """Copy ``pieces`` ``(start, piece)`` (on a GPU) into ``dest`` (host) at ``dest.narrow(dim, start, n)``.
-
-    Into pageable host memory each piece goes through one of two pinned buffers: the GPU writes one without
-    blocking while all of PyTorch's threads copy the other out, instead of one thread paging a direct copy
-    through the driver (a 388 MB IMAGE: ~30 ms on the H200's host even into pre-faulted memory). Pieces should
-    be at most ``STAGING_BYTES`` (see ``piece_length``). Elsewhere each piece is a plain ``copy_``."""
-    pending: list[tuple[int, torch.Tensor, torch.cuda.Event]] = []
-    buffers: list[torch.Tensor] = []
-
-    def drain() -> None:
-        start, staged, done = pending.pop(0)
-        done.synchronize()
-        dest.narrow(dim, start, staged.shape[dim]).copy_(staged)
-
-    for k, (start, piece) in enumerate(pieces):
-        if not piece.is_cuda or dest.device.type != "cpu" or dest.is_pinned():
-            dest.narrow(dim, start, piece.shape[dim]).copy_(piece)
-            continue
-        nbytes = piece.numel() * piece.element_size()
-        if len(pending) == 2:
-            drain()                                  # frees the slot this piece goes to
-        slot = k % 2
-        if len(buffers) <= slot:
-            buffers.append(_staging(nbytes))
-        elif buffers[slot].numel() < nbytes:
-            buffers[slot] = _staging(nbytes)
-        staged = _view(buffers[slot], piece)
-        staged.copy_(piece, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        pending.append((start, staged, done))
-    while pending:
-        drain()
 
 
 def to_intermediate(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from . import host
+from ..lipar import transfer
 from ..lipar.wan_vae import WanVAEConfig, check, decode as wan_decode, encode as wan_encode, working_memory
 from ..lipar.errors import LiparError
 from ..lipar.timing import StageClock
@@ -94,7 +95,7 @@ def _frames_to_device(vae: Any, frames: torch.Tensor) -> torch.Tensor:
     through pinned buffers, not a transposing copy) and the same float32 ops run on the GPU, a piece at a time."""
     b, t, h, w, c = frames.shape
     x = torch.empty((b, c, t, h, w), dtype=vae.vae_dtype, device=vae.device)
-    for t0, part in host.to_device_in_pieces(frames, 1, torch.device(vae.device)):
+    for t0, part in transfer.to_device_in_pieces(frames, 1, torch.device(vae.device)):
         x[:, :, t0:t0 + part.shape[1]] = vae.process_input(part.movedim(-1, 1))    # [b, C, f, H, W]
     return x
 
@@ -103,13 +104,13 @@ def _frames_to_host(vae: Any, out: torch.Tensor, dest: torch.Tensor) -> None:
     """``vae.process_output`` of decoded frames ``out`` [b, C, T, H, W] (on the GPU) into ``dest`` [b, T, H, W, C]
     (on ComfyUI's intermediate device, a ``host.output_tensor``). ComfyUI converts and scales on the host; the
     same float32 ops run here on the GPU, a few frames at a time, each piece laid out as IMAGE frames and copied
-    across once (through pinned buffers, ``host.to_host_in_pieces``)."""
-    step = host.piece_length(dest, 1)
+    across once (through pinned buffers, ``lipar.transfer``)."""
+    step = transfer.piece_length(dest, 1)
 
     def pieces():
         for t in range(0, out.shape[2], step):
             yield t, vae.process_output(out[:, :, t:t + step].float()).movedim(1, -1)    # [b, f, H, W, C]
-    host.to_host_in_pieces(pieces(), dest, 1)
+    transfer.to_host_in_pieces(pieces(), dest, 1)
 
 
 def _in_batches(vae: Any, memory: int, total: int, run: Callable[[int, int], None], what: str) -> bool:

@@ -121,7 +121,7 @@ def test_other_video_vaes_run_their_own_module_with_device_side_scaling(caplog, 
     """A video VAE that is not Wan2.1 (TAEHV-like) runs its own module through the nodes' path: the same
     values as ComfyUI's VAE Encode / Decode (bit for bit: the same float32 operations, scaled a few frames
     at a time), an INFO line says so."""
-    monkeypatch.setattr(vae_nodes.host, "STAGING_BYTES", 2 * 16 * 24 * 3 * 4)    # 5 frames: pieces of 2, 2 and 1
+    monkeypatch.setattr(vae_nodes.transfer, "STAGING_BYTES", 2 * 16 * 24 * 3 * 4)    # 5 frames: pieces of 2, 2 and 1
     torch.manual_seed(0)
     vae = FakeVAE(_TinyVideoVAE())
     pixels = _pixels(5, 16, 24)
@@ -181,61 +181,10 @@ def test_decode_prepares_its_output_while_the_vae_runs(monkeypatch):
     assert vae_nodes.decoded_shape(vae, tuple(z.shape)) is None
 
 
-def test_frames_cross_in_pieces_that_cover_the_clip(monkeypatch):
-    """``host.to_device_in_pieces`` hands out consecutive pieces of at most STAGING_BYTES that together are the
-    whole tensor (on the CPU: plain copies; the pinned double buffer is tested on the GPU below)."""
-    monkeypatch.setattr(vae_nodes.host, "STAGING_BYTES", 3 * 2 * 4 * 5 * 2 * 4)   # 3 frames of [2, ., 4, 5, 2] float32
-    x = torch.randn(2, 8, 4, 5, 2)
-    pieces = list(vae_nodes.host.to_device_in_pieces(x[:, 1:], 1, torch.device("cpu")))
-    assert [(start, p.shape[1]) for start, p in pieces] == [(0, 3), (3, 3), (6, 1)]
-    assert torch.equal(torch.cat([p for _, p in pieces], 1), x[:, 1:])
-
-
-def test_pieces_come_back_into_their_place_on_the_host():
-    """``host.to_host_in_pieces`` writes each piece at its start along the axis (CPU pieces: plain copies)."""
-    x = torch.randn(2, 7, 3, 4)
-    dest = torch.zeros(2, 7, 3, 4)[:, :]
-    vae_nodes.host.to_host_in_pieces(((s, x[:, s:s + 3]) for s in (3, 0, 6)), dest, 1)
-    assert torch.equal(dest, x)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_frames_cross_to_the_gpu_through_two_pinned_buffers(monkeypatch):
-    """Pageable frames reach the GPU through the two pinned buffers, each reused only once the GPU has read it:
-    the pieces equal a plain ``.to("cuda")``, also for a strided (cropped, batched) clip and when the work on
-    the GPU lags behind the copies."""
-    monkeypatch.setattr(vae_nodes.host, "STAGING_BYTES", 2 << 20)
-    x = torch.rand(2, 40, 96, 128, 3)[:, :, 3:91]                         # strided, 2 x 40 frames of 1.1 MB
-    want = x.cuda()
-    got = torch.empty_like(want)
-    for start, piece in vae_nodes.host.to_device_in_pieces(x, 1, torch.device("cuda")):
-        torch.cuda._sleep(2_000_000)                                      # the GPU falls behind the host copies
-        got[:, start:start + piece.shape[1]] = piece
-    assert torch.equal(got, want)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_frames_come_back_from_the_gpu_through_two_pinned_buffers(monkeypatch):
-    """GPU pieces reach pageable host memory through the two pinned buffers, each reused only once its copy to
-    the host is done: the result equals a plain ``.cpu()``, also into a strided destination, with pieces of
-    different sizes, and when the GPU work that makes each piece is slow."""
-    monkeypatch.setattr(vae_nodes.host, "STAGING_BYTES", 2 << 20)
-    x = torch.rand(2, 40, 96, 88, 3, device="cuda")
-    dest = torch.zeros(2, 41, 96, 88, 3)[:, 1:]                            # strided host destination
-    starts = [0, 3, 5, 11, 18, 30, 40]
-
-    def pieces():
-        for a, b in zip(starts, starts[1:]):
-            torch.cuda._sleep(2_000_000)                                  # the GPU lags behind the host
-            yield a, x[:, a:b] * 1.0                                      # a fresh tensor, as process_output's
-    vae_nodes.host.to_host_in_pieces(pieces(), dest, 1)
-    assert torch.equal(dest, x.cpu())
-
-
 def test_cropped_frames_cross_to_the_device_as_they_lie(monkeypatch):
     """Frames go to the VAE's device in their IMAGE layout and the channels move there: a cropped (strided)
     clip gives the same latent as ComfyUI's host-side movedim."""
-    monkeypatch.setattr(vae_nodes.host, "STAGING_BYTES", 2 * 19 * 29 * 3 * 4)    # pieces of 2 frames
+    monkeypatch.setattr(vae_nodes.transfer, "STAGING_BYTES", 2 * 19 * 29 * 3 * 4)    # pieces of 2 frames
     torch.manual_seed(0)
     vae = FakeVAE(_TinyVideoVAE())
     pixels = _pixels(7, 19, 29)                          # cropped to 16x24 with offsets (1, 2)
@@ -293,7 +242,7 @@ def test_comfyui_services_are_used_when_present(wan_vae_model, monkeypatch):
 def test_node_outputs_move_to_the_host_in_pieces(monkeypatch):
     """``host.to_intermediate`` (the pruner's IMAGE, the sampler's latent) converts on the GPU and returns the
     same values as ``.to("cpu", dtype)``, in a pre-faulted host tensor, through the pinned pieces."""
-    monkeypatch.setattr(vae_nodes.host, "STAGING_BYTES", 1 << 20)
+    monkeypatch.setattr(vae_nodes.transfer, "STAGING_BYTES", 1 << 20)
     x = torch.rand(21, 96, 88, 3, device="cuda", dtype=torch.float16)
     got = vae_nodes.host.to_intermediate(x, torch.float32)
     assert got.device.type == "cpu" and got.dtype == torch.float32 and torch.equal(got, x.float().cpu())
