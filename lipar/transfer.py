@@ -61,7 +61,7 @@ def to_device_in_pieces(x: torch.Tensor, dim: int, device: torch.device) -> Iter
         out = torch.empty(piece.shape, dtype=piece.dtype, device=device)
         out.copy_(staged, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(out.device))         # the stream that copy ran on
         buffers[k % 2] = (raw, done)
         yield start, out
 
@@ -93,7 +93,7 @@ def to_host_in_pieces(pieces: Iterable[tuple[int, torch.Tensor]], dest: torch.Te
         staged = _view(buffers[slot], piece)
         staged.copy_(piece, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(piece.device))       # the stream that copy ran on
         pending.append((start, staged, done))
     while pending:
         drain()
