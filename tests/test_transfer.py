@@ -55,3 +55,28 @@ def test_frames_come_back_from_the_gpu_through_two_pinned_buffers(monkeypatch):
             yield a, x[:, a:b] * 1.0                                      # a fresh tensor, as process_output's
     transfer.to_host_in_pieces(pieces(), dest, 1)
     assert torch.equal(dest, x.cpu())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_pieces_to_and_from_a_gpu_that_is_not_the_current_one(monkeypatch):
+    """With the clip's GPU not the current device (a VAE on the second GPU), each buffer still waits for the
+    copy on that GPU's stream before it is reused: both directions equal plain copies while that GPU lags."""
+    monkeypatch.setattr(transfer, "STAGING_BYTES", 1 << 20)
+    other = torch.device("cuda:1")
+    assert torch.cuda.current_device() == 0
+    x = torch.rand(1, 24, 64, 80, 3)
+    got = torch.empty(x.shape, device=other)
+    for start, piece in transfer.to_device_in_pieces(x, 1, other):
+        with torch.cuda.device(other):
+            torch.cuda._sleep(2_000_000)
+        got[:, start:start + piece.shape[1]] = piece
+    assert torch.equal(got.cpu(), x)
+    dest = torch.zeros(x.shape)
+
+    def pieces():
+        for s in range(0, 24, 5):
+            with torch.cuda.device(other):
+                torch.cuda._sleep(2_000_000)
+            yield s, got[:, s:s + 5] * 1.0
+    transfer.to_host_in_pieces(pieces(), dest, 1)
+    assert torch.equal(dest, x)
