@@ -171,7 +171,8 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
            attention: Attention | None = None) -> SampleResult:
     """Run Self-Forcing sampling over a whole video latent.
 
-    module:   a Wan2.1 DiT module tree (lipar ``WanDiT`` or ComfyUI ``WanModel``) on ``device``.
+    module:   a Wan2.1 DiT module tree (lipar ``WanDiT`` or ComfyUI ``WanModel``) on ``device`` (default: where
+              its parameters are; any GPU, the current one or not).
     context:  [1 or B, L <= 512, 4096] text embedding.
     latent:   [B, 16, T, H, W] source latent (edit) or a latent of the output's shape (generate);
               any T (the last chunk may be short).
@@ -182,14 +183,17 @@ def sample(module: nn.Module, context: torch.Tensor, latent: torch.Tensor, *,
     attention: a strategy to use instead of ``choose_attention(device, config.backend)`` (tests and
               benchmarks compare kernels with it; see ``lipar.attention``).
     """
+    device = torch.device(device) if device is not None else next(module.parameters()).device
+    if device.type == "cuda" and device.index not in (None, torch.cuda.current_device()):
+        # Triton kernels, CUDA-graph captures and events go to the current GPU: make it the model's.
+        with torch.cuda.device(device):
+            return sample(module, context, latent, plan=plan, config=config, device=device, on_pass=on_pass,
+                          on_chunk=on_chunk, attention=attention)
     entered = time.perf_counter()
     config = (config or SamplerConfig()).validate()
     check_latent(latent, what="latent")
     b, c, t, h, w = latent.shape
     context = _check_context(context, b)
-    if device is None:
-        device = next(module.parameters()).device
-    device = torch.device(device)
     dtype = config.dtype or default_dtype(device)
     steps = config.resolved_steps()
     window_kept = 0

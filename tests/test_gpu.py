@@ -340,3 +340,33 @@ def test_fp8_compute_close_to_bf16_and_graphs_equal_eager(pruned):
     # a second graph run reuses the graphs and the fp8 weights, refreshed in place
     again = run(fp8="on", cuda_graphs=True)
     assert torch.equal(again.latent, graph8.latent)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_sampling_on_a_gpu_that_is_not_the_current_one():
+    """A model on the second GPU while the first is current (``python -m lipar bench --device cuda:1``): the
+    run makes the model's GPU current for its Triton kernels (which otherwise refuse its tensors: "cannot be
+    accessed from Triton"), eagerly and with CUDA graphs, and leaves the caller's current device as it was.
+    A fresh process, as the CLI is: after graphs were captured on the first GPU, PyTorch's process-wide
+    default capture stream belongs to that GPU (a known limit, see README "What works today")."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch, lipar
+        from lipar.clips import ClipSpec, make_clip
+        clip = make_clip(ClipSpec(latent_frames=6, height=16, width=24, objects=1, object_size=0.4))
+        ctx = 0.1 * torch.randn(1, 9, 4096, generator=torch.Generator().manual_seed(0))
+        for graphs in (False, True):
+            model = lipar.build_model(lipar.TINY, seed=3, dtype=torch.bfloat16, device="cuda:1")
+            r = lipar.sample(model, ctx.to("cuda:1"), clip.to("cuda:1"),
+                             config=lipar.SamplerConfig(seed=1, cuda_graphs=graphs))
+            assert r.info["cuda_graphs"] == graphs and torch.isfinite(r.latent).all()
+            assert torch.cuda.current_device() == 0 and r.latent.device == torch.device("cuda:1")
+        print("ok")
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
