@@ -28,8 +28,9 @@ _ENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lipar-preview")
 def start_preview(images: torch.Tensor, fps: float) -> Future:
     """Start writing ``images`` [N, H, W, 3] (any device) as an animated WEBP into the temp directory:
     downscaled on their device and copied across as uint8 now, encoded (Pillow's fastest effort, the
-    frames in parallel: ``lipar.preview.webp_animation``) in a worker thread while the node goes on. The future's result is the ui entry; wait for it before the
-    node returns, so the file exists when the front end asks for it."""
+    frames in parallel: ``lipar.preview.webp_animation``) in a worker thread while the node goes on.
+    The future's result is the ui entry; wait for it before the node returns, so the file exists when
+    the front end asks for it."""
     h, w = images.shape[1:3]
     scale = PREVIEW_MAX_SIDE / max(h, w)
     if scale < 1.0:

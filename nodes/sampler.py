@@ -12,7 +12,7 @@ from ..lipar.errors import LiparError
 from ..lipar.graphs import release_graphs
 from ..lipar.latents import denormalize_wan21, normalize_wan21
 from ..lipar.restore import restore_latent
-from ..lipar.sampler import MODES as SAMPLER_MODES, SamplerConfig, sample
+from ..lipar.sampler import MODES, SamplerConfig, sample
 from ..lipar.schedule import EDITING_STEPS, parse_steps
 from ..lipar.timing import StageClock
 from ..lipar.validate import check_latent
@@ -21,7 +21,6 @@ from .common import (CATEGORY, PLAN_KEY, compute_dtype, conditioning_context, cu
 from .patch import DEFAULT_OPTIONS
 
 _DEFAULTS = SamplerConfig()
-MODES = SAMPLER_MODES
 
 
 def inference_memory(cfg, latent_shape, config) -> int:
@@ -171,7 +170,7 @@ class SelfForcingSampler:
 
         with user_errors(), torch.no_grad():
             result = sample(module, context, z, plan=plan, config=config, device=device, on_pass=on_pass,
-                                  on_chunk=previews.chunk_done)
+                            on_chunk=previews.chunk_done)
             restored = restore_latent(result.latent, result.plan)
         clock.mark("sample_call")
         progress.update(result.passes, result.passes, previews.ready(wait=True))
